@@ -1,0 +1,78 @@
+"""The Typer app. Each command group lives in its own small module."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from termlm import __version__
+from termlm.cli.common import AppState, CtxOpt, state
+
+app = typer.Typer(
+    name="termlm",
+    help="Local GGUF language models in your terminal: chat, pipes and batch jobs.\n\n"
+    "Example: termlm ask 'What is the capital of France?'",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"termlm {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v",
+                                          help="Show llama.cpp's log and tracebacks.")] = False,
+    offline: Annotated[bool, typer.Option("--offline",
+                                          help="Never download; fail if a model is missing "
+                                          "(also TERMLM_OFFLINE=1).")] = False,
+    ctx_size: CtxOpt = None,
+    threads: Annotated[Optional[int], typer.Option(  # noqa: UP007
+        "--threads", help="CPU threads for llama.cpp.", min=1, show_default=False)] = None,
+    gpu_layers: Annotated[Optional[str], typer.Option(  # noqa: UP007
+        "--gpu-layers", help="Layers to offload to the GPU: a number, or 'auto' (all, when "
+        "the build supports it).", show_default=False)] = None,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    st = state(ctx)
+    st.verbose = st.verbose or verbose
+    flags = {"n_ctx": ctx_size, "threads": threads, "n_gpu_layers": gpu_layers}
+    if offline:
+        flags["offline"] = True
+    st.flags.update({k: v for k, v in flags.items() if v is not None})
+    logging.basicConfig(
+        level=logging.DEBUG if st.verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _register() -> None:
+    from termlm.cli import ask, chat, config_cmd, models, prompts_cmd
+
+    app.command("ask")(ask.ask)
+    app.command("chat")(chat.chat)
+    app.add_typer(models.app, name="models")
+    app.add_typer(prompts_cmd.app, name="prompts")
+    app.add_typer(config_cmd.app, name="config")
+
+
+_register()
+
+
+def main() -> None:
+    app(obj=AppState())
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,117 @@
+"""`termlm ask`: one question, one answer, made for pipes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from termlm.cli.common import (
+    MaxTokensOpt,
+    ModelOpt,
+    SeedOpt,
+    StopOpt,
+    SystemOpt,
+    TemperatureOpt,
+    TemplateOpt,
+    TopPOpt,
+    handles_errors,
+    state,
+)
+from termlm.errors import ExitCode, UsageError
+
+
+@handles_errors
+def ask(
+    ctx: typer.Context,
+    prompt: Annotated[Optional[str], typer.Argument(  # noqa: UP007
+        help="The question. Text piped on stdin is attached as context; with no PROMPT, "
+        "stdin is the question.", show_default=False)] = None,
+    model: ModelOpt = None,
+    system: SystemOpt = None,
+    template: TemplateOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    seed: SeedOpt = None,
+    stop: StopOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: text, model, "
+                                          "usage, timings.")] = False,
+) -> None:
+    """Ask a one-shot question; the answer streams to stdout.
+
+    Example: cat notes.md | termlm ask "summarize this in three bullets"
+    """
+    from termlm.engine.types import ChatRequest, Message
+    from termlm.inputs import read_stdin, stdin_is_tty
+    from termlm.output import is_tty, no_color
+    from termlm.prompts import load_template
+    from termlm.render import stream_markdown, stream_plain
+
+    piped = "" if stdin_is_tty() else read_stdin()
+    if prompt is not None and not prompt.strip():
+        prompt = None
+    if prompt is None and not piped.strip():
+        raise UsageError("nothing to ask: give a PROMPT or pipe text on stdin",
+                         hint='termlm ask "What is the capital of France?"')
+    tmpl = load_template(template or "ask")
+    if prompt is None:
+        user = tmpl.render_user({"prompt": piped.strip(), "input": ""})
+    elif piped.strip():
+        user = tmpl.render_user({"prompt": prompt, "input": piped}, with_input=True)
+    else:
+        user = tmpl.render_user({"prompt": prompt, "input": ""})
+
+    st = state(ctx)
+    settings = st.settings(model=model)
+    sampling = tmpl.sampling()
+    overrides = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
+                 "seed": seed if seed is not None else settings.seed,
+                 "stop": tuple(stop) if stop else None}
+    sampling = sampling.with_(**{k: v for k, v in overrides.items() if v is not None})
+    system_text = system if system is not None else tmpl.system
+    messages = ([Message("system", system_text)] if system_text else []) + [Message("user", user)]
+    request = ChatRequest(tuple(messages), sampling)
+
+    engine = st.open_engine(settings)
+    try:
+        events = engine.stream(request)
+        if as_json:
+            result = stream_plain(events, out=_Discard())
+        elif is_tty(sys.stdout):
+            result = stream_markdown(events, no_color=no_color())
+        else:
+            result = stream_plain(events)
+            if result.text and not result.text.endswith("\n"):
+                sys.stdout.write("\n")
+            sys.stdout.flush()
+        if result.interrupted:
+            raise KeyboardInterrupt
+        if as_json and result.completion is not None:
+            done = result.completion
+            payload = {
+                "text": done.text,
+                "model": engine.info.name,
+                "finish_reason": done.finish_reason,
+                "usage": {"prompt_tokens": done.usage.prompt_tokens,
+                          "completion_tokens": done.usage.completion_tokens},
+                "timings": {"load_s": round(engine.load_s, 4),
+                            "ttft_s": round(done.timings.ttft_s, 4),
+                            "completion_tokens_per_s":
+                                round(done.timings.completion_tokens_per_s, 2)},
+            }
+            sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+    finally:
+        engine.close()
+    raise typer.Exit(int(ExitCode.OK))
+
+
+class _Discard:
+    def write(self, _text: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        return None

@@ -1,0 +1,127 @@
+"""What every command shares: app state, common options, error mapping, engine opening."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Optional, TypeVar
+
+import typer
+
+from termlm.config import Settings, load_settings
+from termlm.engine.types import Engine
+from termlm.errors import ExitCode, TermlmError
+
+EngineFactory = Callable[[Settings], Engine]
+
+log = logging.getLogger("termlm")
+
+
+@dataclass
+class AppState:
+    """Travels on ``ctx.obj``. Tests inject ``engine_factory`` to use the FakeEngine."""
+
+    verbose: bool = False
+    flags: dict[str, Any] = field(default_factory=dict)
+    engine_factory: EngineFactory | None = None
+
+    def settings(self, **command_flags: Any) -> Settings:
+        merged = dict(self.flags)
+        merged.update({k: v for k, v in command_flags.items() if v is not None})
+        return load_settings(merged)
+
+    def open_engine(self, settings: Settings) -> Engine:
+        if self.engine_factory is not None:
+            return self.engine_factory(settings)
+        from termlm.engine.loader import open_engine
+
+        return open_engine(settings)
+
+
+def state(ctx: typer.Context) -> AppState:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, AppState):
+        obj = AppState()
+        ctx.find_root().obj = obj
+    return obj
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handles_errors(func: F) -> F:
+    """Map domain errors to one stderr line and an exit code; Ctrl-C to 130; EPIPE to quiet."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from termlm.output import error_line, silence_stdout
+
+        verbose = any(isinstance(a, typer.Context) and state(a).verbose for a in args) or any(
+            isinstance(v, typer.Context) and state(v).verbose for v in kwargs.values()
+        )
+        try:
+            return func(*args, **kwargs)
+        except TermlmError as exc:
+            if verbose:
+                log.exception("details")
+            error_line(exc.message, exc.hint)
+            raise typer.Exit(int(exc.exit_code)) from None
+        except KeyboardInterrupt:
+            sys.stderr.write("\ninterrupted\n")
+            raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+        except BrokenPipeError:
+            silence_stdout()
+            raise typer.Exit(int(ExitCode.OK)) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+ModelOpt = Annotated[
+    Optional[str],  # noqa: UP007 - typer needs Optional on 3.10
+    typer.Option(
+        "--model", "-m", help="Model: a catalog name (termlm models list), a local alias, "
+        "a .gguf path, or hf:owner/repo/file.gguf.", show_default=False,
+    ),
+]
+SystemOpt = Annotated[
+    Optional[str],  # noqa: UP007
+    typer.Option("--system", "-s", help="System prompt (replaces the template's).",
+                 show_default=False),
+]
+TemplateOpt = Annotated[
+    Optional[str],  # noqa: UP007
+    typer.Option("--template", "-t", help="Prompt template name (termlm prompts list).",
+                 show_default=False),
+]
+TemperatureOpt = Annotated[
+    Optional[float],  # noqa: UP007
+    typer.Option("--temperature", help="Sampling temperature; 0 is greedy.", min=0.0,
+                 show_default=False),
+]
+TopPOpt = Annotated[
+    Optional[float],  # noqa: UP007
+    typer.Option("--top-p", help="Nucleus sampling cut-off.", min=0.0, max=1.0,
+                 show_default=False),
+]
+MaxTokensOpt = Annotated[
+    Optional[int],  # noqa: UP007
+    typer.Option("--max-tokens", "-n", help="Most tokens to generate.", min=1,
+                 show_default=False),
+]
+SeedOpt = Annotated[
+    Optional[int],  # noqa: UP007
+    typer.Option("--seed", help="Random seed, for reproducible sampling.", show_default=False),
+]
+StopOpt = Annotated[
+    Optional[list[str]],  # noqa: UP007
+    typer.Option("--stop", help="Stop when this text is generated (repeatable).",
+                 show_default=False),
+]
+CtxOpt = Annotated[
+    Optional[int],  # noqa: UP007
+    typer.Option("--ctx", help="Context window in tokens (capped at the model's trained "
+                 "context).", min=64, show_default=False),
+]

@@ -1,0 +1,49 @@
+"""`termlm config`: where the config file is and what is in effect."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from termlm.cli.common import handles_errors, state
+
+app = typer.Typer(help="Settings: flags > TERMLM_* environment > config file > defaults.\n\n"
+                  "Example: termlm config show", no_args_is_help=True)
+
+
+@app.command("path")
+@handles_errors
+def path() -> None:
+    """Print the config file's path (it need not exist).
+
+    Example: $EDITOR "$(termlm config path)"
+    """
+    from termlm.paths import config_file
+
+    sys.stdout.write(f"{config_file()}\n")
+
+
+@app.command("show")
+@handles_errors
+def show(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show the settings in effect and where each comes from.
+
+    Example: TERMLM_CTX=2048 termlm config show
+    """
+    settings = state(ctx).settings()
+    values = settings.to_dict()
+    if as_json:
+        sys.stdout.write(json.dumps({"settings": values, "source": settings.source},
+                                    indent=2) + "\n")
+        return
+    import yaml
+
+    sys.stdout.write(yaml.safe_dump(values, sort_keys=True, allow_unicode=True))
+    for key in sorted(settings.source):
+        sys.stderr.write(f"# {key}: {settings.source[key]}\n")

@@ -1,0 +1,154 @@
+"""Settings: flags > TERMLM_* environment > config file > defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from termlm import paths
+from termlm.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2"
+DEFAULT_CTX_CAP = 4096
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    n_ctx: int = DEFAULT_CTX_CAP  # capped by the model's trained context
+    threads: int | None = None  # None: llama.cpp's choice (physical cores)
+    n_gpu_layers: int | str = "auto"  # "auto": all layers when the build can offload
+    seed: int | None = None
+    offline: bool = False
+    models: dict[str, str] = field(default_factory=dict)  # local aliases: name -> path
+    source: dict[str, str] = field(default_factory=dict)  # key -> where its value came from
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("source")
+        return data
+
+
+_KEYS = {f.name for f in fields(Settings)} - {"source"}
+
+
+def _parse_bool(key: str, value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{where}: {key} must be true or false, not {value!r}")
+
+
+def _parse_int(key: str, value: Any, where: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{where}: {key} must be at least {minimum}, not {number}")
+    return number
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    if key == "model":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: model must be a model name or path")
+        return value.strip()
+    if key == "n_ctx":
+        return _parse_int(key, value, where, minimum=64)
+    if key in ("threads", "seed"):
+        return None if value is None else _parse_int(key, value, where)
+    if key == "n_gpu_layers":
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        return _parse_int(key, value, where, minimum=-1)
+    if key == "offline":
+        return _parse_bool(key, value, where)
+    if key == "models":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise ConfigError(f"{where}: models must map names to file paths")
+        return {k: str(Path(v).expanduser()) for k, v in value.items()}
+    raise ConfigError(f"{where}: unknown setting {key!r}")  # pragma: no cover
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read and validate the YAML config file; a missing file is an empty config."""
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of settings")
+    unknown = sorted(str(k) for k in data if k not in _KEYS)
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting {unknown[0]!r}",
+            hint=f"known settings: {', '.join(sorted(_KEYS))}",
+        )
+    return {k: _coerce(k, v, f"config file {path}") for k, v in data.items()}
+
+
+_ENV = {
+    "model": "TERMLM_MODEL",
+    "n_ctx": "TERMLM_CTX",
+    "threads": "TERMLM_THREADS",
+    "n_gpu_layers": "TERMLM_GPU_LAYERS",
+    "seed": "TERMLM_SEED",
+    "offline": "TERMLM_OFFLINE",
+}
+
+
+def read_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for key, var in _ENV.items():
+        raw = env.get(var)
+        if raw is not None and raw != "":
+            out[key] = _coerce(key, raw, f"environment variable {var}")
+    return out
+
+
+def load_settings(flags: dict[str, Any] | None = None) -> Settings:
+    """Merge defaults, the config file, the environment and flags (highest wins)."""
+    path = paths.config_file()
+    layers = [
+        (f"config file {path}", read_config_file(path)),
+        ("environment", read_env()),
+        ("flag", {k: v for k, v in (flags or {}).items() if v is not None}),
+    ]
+    settings = Settings()
+    source = {k: "default" for k in _KEYS}
+    for where, values in layers:
+        if values:
+            settings = replace(settings, **values)
+            source.update({k: where for k in values})
+    return replace(settings, source=source)
+
+
+def env_var_for(key: str) -> str | None:
+    return _ENV.get(key)

@@ -1,0 +1,37 @@
+"""Open the engine a command asked for: resolve the model, check its file, load it."""
+
+from __future__ import annotations
+
+from termlm.config import Settings
+from termlm.engine.types import Engine
+from termlm.output import notice
+
+
+def effective_ctx(requested: int, trained: int | None) -> int:
+    """The context window: the model's trained context, capped by the setting."""
+    if trained and trained > 0:
+        return min(requested, trained)
+    return requested
+
+
+def open_engine(settings: Settings) -> Engine:
+    from termlm.models.gguf import check_gguf
+    from termlm.models.resolve import resolve_model
+
+    model = resolve_model(settings.model, settings, allow_pull=not settings.offline,
+                          notify=notice)
+    header = check_gguf(model.path)  # never hand llama.cpp a file it could abort on
+    trained = header.context_length or 0
+    from termlm.engine.llama import LlamaEngine
+
+    return LlamaEngine(
+        str(model.path),
+        name=model.name,
+        n_ctx=effective_ctx(settings.n_ctx, trained),
+        n_ctx_train=trained,
+        threads=settings.threads,
+        n_gpu_layers=settings.n_gpu_layers,
+        seed=settings.seed,
+        turn_format=model.turn_format,
+        notify=notice,
+    )

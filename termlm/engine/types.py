@@ -1,0 +1,175 @@
+"""Requests in, results out: the types every engine speaks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, runtime_checkable
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "interrupted"]
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Role
+    content: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"role": self.role, "content": self.content}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens. ``temperature == 0`` means greedy."""
+
+    temperature: float = 0.2
+    top_p: float = 0.95
+    top_k: int = 40
+    max_tokens: int = 512
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    repeat_penalty: float = 1.1
+
+    def with_(self, **changes: object) -> SamplingParams:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: tuple[Message, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """Score each continuation as the assistant's reply to ``messages``."""
+
+    messages: tuple[Message, ...]
+    continuations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class Timings:
+    ttft_s: float
+    total_s: float
+    completion_tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of streamed text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    timings: Timings
+
+
+@dataclass(frozen=True)
+class Score:
+    continuation: str
+    logprob: float  # sum of token log-probabilities of the continuation
+    n_tokens: int
+
+
+@dataclass(frozen=True)
+class TurnFormat:
+    """How to lay out messages for a model whose GGUF has no chat template.
+
+    Each of ``system``, ``user`` and ``assistant`` is a pattern in which the
+    literal ``{content}`` is replaced by the message text (plain string
+    replacement: nothing inside a message is ever interpreted).
+    ``generation_prefix`` opens the reply the model is to write.
+    """
+
+    system: str
+    user: str
+    assistant: str
+    generation_prefix: str
+    stop: tuple[str, ...] = ()
+    name: str = "custom"
+
+    def render(self, messages: Sequence[Message]) -> str:
+        parts = []
+        for message in messages:
+            pattern = getattr(self, message.role)
+            parts.append(pattern.replace("{content}", message.content))
+        return "".join(parts) + self.generation_prefix
+
+
+PLAIN_FORMAT = TurnFormat(
+    system="{content}\n\n",
+    user="User: {content}\n",
+    assistant="Assistant: {content}\n",
+    generation_prefix="Assistant:",
+    stop=("\nUser:", "\nAssistant:"),
+    name="plain",
+)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    path: str
+    n_ctx: int
+    n_ctx_train: int
+    chat_format: str  # "template" (GGUF jinja), "catalog", or "plain"
+
+
+StreamEvent = Delta | Completion
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What every engine offers. Implementations: LlamaEngine, FakeEngine."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    @property
+    def load_s(self) -> float: ...
+
+    def stream(self, request: ChatRequest) -> Iterator[StreamEvent]:
+        """Yield Delta pieces, then exactly one Completion as the last item.
+
+        If the consumer stops early (KeyboardInterrupt, closing the generator),
+        generation stops; no Completion is produced.
+        """
+        ...
+
+    def complete(self, request: ChatRequest) -> Completion: ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in plain text (no special tokens added)."""
+        ...
+
+    def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
+        """Tokens of the formatted prompt for ``messages``, ready for a reply."""
+        ...
+
+    def score(self, request: ScoreRequest) -> list[Score]: ...
+
+    def close(self) -> None: ...
+
+
+def collect(events: Iterator[StreamEvent]) -> Completion:
+    """Drain a stream and return its Completion."""
+    result: Completion | None = None
+    for event in events:
+        if isinstance(event, Completion):
+            result = event
+    if result is None:  # pragma: no cover - engines always end with a Completion
+        raise RuntimeError("engine stream ended without a completion")
+    return result

@@ -1,0 +1,73 @@
+"""Shared fixtures.
+
+Every test gets its own config and state directories, so nothing leaks from
+the developer's own ~/.config/termlm. The model cache (TERMLM_MODELS_DIR, or
+the user cache dir) is shared, so the real default model is pulled once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from termlm.cli import app
+from termlm.cli.common import AppState
+from termlm.engine.fake import FakeEngine
+
+
+@pytest.fixture(autouse=True)
+def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERMLM_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("TERMLM_STATE_DIR", str(tmp_path / "state"))
+    for var in ("TERMLM_MODEL", "TERMLM_OFFLINE", "TERMLM_CTX", "TERMLM_THREADS",
+                "TERMLM_GPU_LAYERS", "TERMLM_SEED", "TERMLM_CONFIG", "NO_COLOR"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class Cli:
+    """Runs the real Typer app in-process with a FakeEngine behind it."""
+
+    def __init__(self, engine: FakeEngine) -> None:
+        self.engine = engine
+        self.settings_seen: list[object] = []
+
+    def __call__(self, *args: str, input: str | bytes | None = None) -> Result:
+        def factory(settings: object) -> FakeEngine:
+            self.settings_seen.append(settings)
+            return self.engine
+
+        runner = CliRunner()
+        result = runner.invoke(app, list(args), input=input,
+                               obj=AppState(engine_factory=factory))  # type: ignore[arg-type]
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def fake_engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+def cli(fake_engine: FakeEngine) -> Iterator[Cli]:
+    yield Cli(fake_engine)
+
+
+def model_env() -> dict[str, str]:
+    """Environment for subprocess runs of the real CLI."""
+    env = dict(os.environ)
+    env.pop("NO_COLOR", None)
+    return env

@@ -1,0 +1,136 @@
+"""Config precedence and validation; prompt templates: validation and safe substitution."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from termlm.config import load_settings, read_config_file
+from termlm.errors import ConfigError, TemplateError
+from termlm.paths import config_file, user_prompts_dir
+from termlm.prompts import load_template, parse_template, substitute
+
+from .conftest import Cli
+
+
+def _write_config(text: str) -> Path:
+    path = config_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_config_file() -> None:
+    settings = load_settings()
+    assert settings.model == "smollm2"
+    assert settings.offline is False
+    assert settings.source["model"] == "default"
+
+
+def test_flags_beat_env_beat_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_config("n_ctx: 1024\nthreads: 1\noffline: true\n")
+    monkeypatch.setenv("TERMLM_CTX", "2048")
+    settings = load_settings({"threads": 2})
+    assert settings.n_ctx == 2048 and settings.source["n_ctx"] == "environment"
+    assert settings.threads == 2 and settings.source["threads"] == "flag"
+    assert settings.offline is True and settings.source["offline"].startswith("config file")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("colour: red\n", "unknown setting 'colour'"),
+        ("n_ctx: lots\n", "n_ctx must be a whole number"),
+        ("offline: maybe\n", "offline must be true or false"),
+        ("- a\n- b\n", "must be a mapping"),
+        ("models: [a]\n", "models must map names"),
+        ("n_ctx: 10\n", "at least 64"),
+    ],
+)
+def test_bad_config_files(text: str, message: str) -> None:
+    path = _write_config(text)
+    with pytest.raises(ConfigError, match=message):
+        read_config_file(path)
+
+
+def test_bad_env_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERMLM_OFFLINE", "perhaps")
+    with pytest.raises(ConfigError, match="TERMLM_OFFLINE"):
+        load_settings()
+
+
+def test_config_cli(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_config("model: my-model\n")
+    monkeypatch.setenv("TERMLM_OFFLINE", "1")
+    assert cli("config", "path").stdout.strip() == str(config_file())
+    data = json.loads(cli("config", "show", "--json").stdout)
+    assert data["settings"]["model"] == "my-model"
+    assert data["settings"]["offline"] is True
+    assert data["source"]["offline"] == "environment"
+    plain = cli("config", "show")
+    assert "model: my-model" in plain.stdout
+    assert "# model: config file" in plain.stderr
+
+
+def test_substitution_never_evaluates_user_data() -> None:
+    values = {"text": "{text.__class__} {0} {{x}} {prompt}", "prompt": "P"}
+    assert substitute("<{text}>|{prompt}", values) == "<{text.__class__} {0} {{x}} {prompt}>|P"
+
+
+def test_literal_braces_and_missing_variables() -> None:
+    assert substitute("{{json}} {a}", {"a": "1"}) == "{json} 1"
+    with pytest.raises(TemplateError, match="needs variable 'b'"):
+        substitute("{a} {b}", {"a": "1"})
+    with pytest.raises(TemplateError, match="unmatched"):
+        substitute("{a", {"a": "1"})
+    with pytest.raises(TemplateError, match="not a variable name"):
+        substitute("{a.b}", {"a": "1"})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("description: x\nuser: y\nsytem: typo\n", "unknown key 'sytem'"),
+        ("user: y\n", "'description' is required"),
+        ("description: x\n", "'user' is required"),
+        ("description: x\nuser: y\ndefaults: {temp: 1}\n", "unknown default 'temp'"),
+        ("description: x\nuser: y\ndefaults: {max_tokens: many}\n", "whole number"),
+        ("description: x\nuser: '{bad name}'\n", "not a variable name"),
+        ("description: x\nuser: !!python/object:os.system [ls]\n", "not valid YAML"),
+        ("just text", "must be a YAML mapping"),
+    ],
+)
+def test_bad_templates(text: str, message: str) -> None:
+    with pytest.raises(TemplateError, match=message):
+        parse_template("t", text)
+
+
+def test_builtin_templates_load_and_user_templates_override(cli: Cli) -> None:
+    assert load_template("ask").builtin
+    folder = user_prompts_dir()
+    folder.mkdir(parents=True)
+    (folder / "ask.yaml").write_text("description: mine\nuser: 'Q: {prompt}'\n")
+    (folder / "poem.yaml").write_text("description: a poem\nuser: 'A poem about {prompt}'\n")
+    assert load_template("ask").description == "mine"
+    listing = cli("prompts", "list").stdout
+    assert "poem\tuser\ta poem" in listing
+    assert "chat\tbuilt-in" in listing
+    shown = cli("prompts", "show", "poem")
+    assert "A poem about {prompt}" in shown.stdout
+    assert cli("prompts", "show", "missing").exit_code == 1
+
+
+def test_ask_uses_a_user_template(cli: Cli) -> None:
+    folder = user_prompts_dir()
+    folder.mkdir(parents=True)
+    (folder / "pirate.yaml").write_text(
+        "description: pirate\nsystem: Talk like a pirate.\nuser: 'Arr: {prompt}'\n"
+        "defaults: {temperature: 0.9, max_tokens: 5}\n")
+    cli("ask", "-t", "pirate", "hello")
+    request = cli.engine.requests[-1]
+    assert request.messages[0].content == "Talk like a pirate."  # type: ignore[union-attr]
+    assert request.messages[1].content == "Arr: hello"  # type: ignore[union-attr]
+    assert request.sampling.temperature == 0.9  # type: ignore[union-attr]
+    assert request.sampling.max_tokens == 5  # type: ignore[union-attr]
