@@ -47,7 +47,9 @@ def _parse(text: str, where: str) -> list[str | tuple[str]]:
         if token in ("{{", "}}"):
             parts.append(token[0])
         elif token in ("{", "}"):
-            raise TemplateError(f"{where}: unmatched {token!r}; write {token * 2} for a literal brace")
+            raise TemplateError(
+                f"{where}: unmatched {token!r}; write {token * 2} for a literal brace"
+            )
         else:
             name = match.group(1).strip()
             if not _NAME.match(name):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,7 +72,5 @@ def stream_markdown(events: Iterator[StreamEvent], *, no_color: bool = False) ->
 def _close(events: Iterator[StreamEvent]) -> None:
     close = getattr(events, "close", None)
     if close is not None:
-        try:
+        with contextlib.suppress(Exception):
             close()
-        except Exception:  # noqa: BLE001 - best effort: generation is being abandoned
-            pass

@@ -97,7 +97,7 @@ def test_ctrl_c_keeps_partial_output_and_exits_130() -> None:
     first = proc.stdout.read(20)
     assert first
     proc.send_signal(signal.SIGINT)
-    rest, err = proc.communicate(timeout=60)
+    _rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert b"interrupted" in err
     assert b"Traceback" not in err

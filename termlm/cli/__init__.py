@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,9 +37,9 @@ def _root(
                                           help="Never download; fail if a model is missing "
                                           "(also TERMLM_OFFLINE=1).")] = False,
     ctx_size: CtxOpt = None,
-    threads: Annotated[Optional[int], typer.Option(  # noqa: UP007
+    threads: Annotated[int | None, typer.Option(
         "--threads", help="CPU threads for llama.cpp.", min=1, show_default=False)] = None,
-    gpu_layers: Annotated[Optional[str], typer.Option(  # noqa: UP007
+    gpu_layers: Annotated[str | None, typer.Option(
         "--gpu-layers", help="Layers to offload to the GPU: a number, or 'auto' (all, when "
         "the build supports it).", show_default=False)] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ from termlm.errors import ExitCode, UsageError
 @handles_errors
 def ask(
     ctx: typer.Context,
-    prompt: Annotated[Optional[str], typer.Argument(  # noqa: UP007
+    prompt: Annotated[str | None, typer.Argument(
         help="The question. Text piped on stdin is attached as context; with no PROMPT, "
         "stdin is the question.", show_default=False)] = None,
     model: ModelOpt = None,

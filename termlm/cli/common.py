@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -80,48 +80,48 @@ def handles_errors(func: F) -> F:
 
 
 ModelOpt = Annotated[
-    Optional[str],  # noqa: UP007 - typer needs Optional on 3.10
+    str | None,
     typer.Option(
         "--model", "-m", help="Model: a catalog name (termlm models list), a local alias, "
         "a .gguf path, or hf:owner/repo/file.gguf.", show_default=False,
     ),
 ]
 SystemOpt = Annotated[
-    Optional[str],  # noqa: UP007
+    str | None,
     typer.Option("--system", "-s", help="System prompt (replaces the template's).",
                  show_default=False),
 ]
 TemplateOpt = Annotated[
-    Optional[str],  # noqa: UP007
+    str | None,
     typer.Option("--template", "-t", help="Prompt template name (termlm prompts list).",
                  show_default=False),
 ]
 TemperatureOpt = Annotated[
-    Optional[float],  # noqa: UP007
+    float | None,
     typer.Option("--temperature", help="Sampling temperature; 0 is greedy.", min=0.0,
                  show_default=False),
 ]
 TopPOpt = Annotated[
-    Optional[float],  # noqa: UP007
+    float | None,
     typer.Option("--top-p", help="Nucleus sampling cut-off.", min=0.0, max=1.0,
                  show_default=False),
 ]
 MaxTokensOpt = Annotated[
-    Optional[int],  # noqa: UP007
+    int | None,
     typer.Option("--max-tokens", "-n", help="Most tokens to generate.", min=1,
                  show_default=False),
 ]
 SeedOpt = Annotated[
-    Optional[int],  # noqa: UP007
+    int | None,
     typer.Option("--seed", help="Random seed, for reproducible sampling.", show_default=False),
 ]
 StopOpt = Annotated[
-    Optional[list[str]],  # noqa: UP007
+    list[str] | None,
     typer.Option("--stop", help="Stop when this text is generated (repeatable).",
                  show_default=False),
 ]
 CtxOpt = Annotated[
-    Optional[int],  # noqa: UP007
+    int | None,
     typer.Option("--ctx", help="Context window in tokens (capped at the model's trained "
                  "context).", min=64, show_default=False),
 ]

@@ -46,7 +46,7 @@ def _route_llama_logs(llama_cpp: Any) -> None:
     if _log_callback is not None:
         return
 
-    @llama_cpp.llama_log_callback  # type: ignore[misc]
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def _callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
         if log.isEnabledFor(logging.DEBUG):
             line = text.decode("utf-8", "replace").rstrip("\n")
@@ -145,7 +145,7 @@ class LlamaEngine:
         _route_llama_logs(llama_cpp)
         self._llama_cpp = llama_cpp
         try:
-            self._llm = llama_cpp.Llama(
+            self._llm: Any = llama_cpp.Llama(
                 model_path=path,
                 n_ctx=n_ctx,
                 n_batch=min(512, n_ctx),
@@ -193,7 +193,7 @@ class LlamaEngine:
         return self._load_s
 
     def close(self) -> None:
-        llm = getattr(self, "_llm", None)
+        llm: Any = getattr(self, "_llm", None)
         if llm is not None:
             llm.close()
             self._llm = None

@@ -1,0 +1,78 @@
+"""The code stays ruff- and mypy --strict-clean, and README examples stay true."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import typer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"{name} is not installed; install the test extras: pip install -e '.[test]'")
+    return found
+
+
+def test_ruff_clean() -> None:
+    proc = subprocess.run([_tool("ruff"), "check", "termlm", "tests", "scripts"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_mypy_strict_clean() -> None:
+    proc = subprocess.run([_tool("mypy"), "--no-error-summary"], cwd=ROOT,
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every `termlm ...` invocation inside the README's sh code blocks."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            if line.lstrip().startswith("#"):
+                continue
+            for segment in re.split(r"\|(?!\|)|&&|;", line):
+                words = shlex.split(segment, comments=True)
+                for i, word in enumerate(words):
+                    if word.endswith("termlm") and not word.endswith(".venv/bin/pip"):
+                        args = [w for w in words[i + 1 :] if w not in (">", "review.md")]
+                        commands.append(args)
+                        break
+    return commands
+
+
+def test_readme_has_examples() -> None:
+    assert len(_readme_commands()) > 20
+
+
+def _rest(ctx: typer.Context) -> list[str]:
+    protected = getattr(ctx, "_protected_args", None) or getattr(ctx, "protected_args", [])
+    return [*protected, *ctx.args]
+
+
+@pytest.mark.parametrize("args", _readme_commands(), ids=lambda a: " ".join(a)[:60])
+def test_readme_examples_parse(args: list[str]) -> None:
+    """Each README example names real commands and options (run for real elsewhere)."""
+    from termlm.cli import app
+
+    command = typer.main.get_command(app)
+    ctx = command.make_context("termlm", list(args), resilient_parsing=False)
+    sub_args = _rest(ctx)
+    while sub_args and hasattr(command, "get_command"):
+        name = sub_args[0]
+        sub = command.get_command(ctx, name)
+        assert sub is not None, f"README uses unknown command {name!r} in {args}"
+        ctx = sub.make_context(name, sub_args[1:], parent=ctx, resilient_parsing=False)
+        command = sub
+        sub_args = (_rest(ctx)) if hasattr(sub, "get_command") else []
