@@ -186,3 +186,16 @@ def test_verbose_shows_llama_log() -> None:
     loud = run("-v", "ask", "--temperature", "0", "-n", "2", "hi")
     assert quiet.stderr == ""
     assert "llama" in loud.stderr.lower()
+
+
+def test_sigterm_is_handled_like_ctrl_c() -> None:
+    proc = subprocess.Popen(
+        [*TERMLM, "ask", "--temperature", "0.8", "--seed", "1", "-n", "2000",
+         "Write a very long story about the sea."],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stdout.read(10)
+    proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert b"Traceback" not in err

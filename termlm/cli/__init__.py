@@ -71,7 +71,14 @@ def _register() -> None:
 _register()
 
 
+def _terminate(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C: stop cleanly, exit 130
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     app(obj=AppState())
 
 
