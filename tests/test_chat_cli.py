@@ -1,0 +1,146 @@
+"""termlm chat through the real Typer app, with piped stdin and the FakeEngine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from termlm.config import Settings
+from termlm.conversation import last_chat_path
+from termlm.engine.types import ChatRequest, Message
+
+if TYPE_CHECKING:  # the fixture's type only (works whether or not tests/ is a package)
+    from .conftest import Cli
+
+
+def requests(cli: Cli) -> list[ChatRequest]:
+    return [r for r in cli.engine.requests if isinstance(r, ChatRequest)]
+
+
+def test_piped_chat_writes_one_reply_per_line(cli: Cli) -> None:
+    cli.engine.replies.extend(["Hello! How can I help?", "Goodbye."])
+    result = cli("chat", input="hi\nbye\n")
+    assert result.exit_code == 0
+    assert result.stdout == "Hello! How can I help?\nGoodbye.\n"
+    assert result.stderr == ""
+    assert cli.engine.closed
+
+
+def test_piped_chat_keeps_the_history_and_template_defaults(cli: Cli) -> None:
+    cli("chat", input="hi\nbye\n")
+    first, second = requests(cli)
+    assert first.messages[0].role == "system" and "helpful" in first.messages[0].content
+    assert [m.content for m in second.messages[1:]] == ["hi", "echo: hi", "bye"]
+    assert second.sampling.temperature == 0.7 and second.sampling.max_tokens == 1024
+
+
+def test_flags_override_the_template(cli: Cli) -> None:
+    result = cli("chat", "--system", "Be terse.", "--temperature", "0", "--top-p", "0.5",
+                 "--max-tokens", "16", "--seed", "3", "-m", "tiny", input="hi\n")
+    assert result.exit_code == 0
+    (request,) = requests(cli)
+    assert request.messages == (Message("system", "Be terse."), Message("user", "hi"))
+    sampling = request.sampling
+    assert (sampling.temperature, sampling.top_p, sampling.max_tokens, sampling.seed) == (
+        0.0, 0.5, 16, 3)
+    settings = cli.settings_seen[0]
+    assert isinstance(settings, Settings)
+    assert settings.model == "tiny" and settings.seed == 3
+
+
+def test_ctx_flag_reaches_the_settings(cli: Cli) -> None:
+    cli("chat", "--ctx", "256", input="hi\n")
+    settings = cli.settings_seen[0]
+    assert isinstance(settings, Settings) and settings.n_ctx == 256
+
+
+def test_empty_system_flag_means_no_system_prompt(cli: Cli) -> None:
+    cli("chat", "--system", "", input="hi\n")
+    assert [m.role for m in requests(cli)[0].messages] == ["user"]
+
+
+def test_slash_commands_talk_on_stderr(cli: Cli) -> None:
+    result = cli("chat", input="/set temperature 0.1\n/tokens\nhi\n")
+    assert result.exit_code == 0
+    assert result.stdout == "echo: hi\n"
+    assert "temperature = 0.1" in result.stderr and "context:" in result.stderr
+
+
+def test_errors_in_a_pipe_are_reported_and_exit_1(cli: Cli) -> None:
+    result = cli("chat", input="/set temperature hot\nhi\n")
+    assert result.exit_code == 1
+    assert result.stdout == "echo: hi\n"
+    assert result.stderr.startswith("termlm: error: temperature must be a number")
+
+
+def test_empty_input_is_fine(cli: Cli) -> None:
+    result = cli("chat", input="")
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_continue_resumes_the_last_chat(cli: Cli) -> None:
+    cli("chat", input="my name is Ada\n")
+    assert last_chat_path().exists()
+    result = cli("chat", "--continue", input="what is my name?\n")
+    assert result.exit_code == 0
+    last = requests(cli)[-1]
+    assert [m.content for m in last.messages[1:]] == [
+        "my name is Ada", "echo: my name is Ada", "what is my name?"]
+    saved = json.loads(last_chat_path().read_text(encoding="utf-8"))
+    assert len(saved["messages"]) == 4 and saved["model"] == "fake"
+
+
+def test_without_continue_a_new_chat_starts(cli: Cli) -> None:
+    cli("chat", input="first\n")
+    cli("chat", input="second\n")
+    assert [m.content for m in requests(cli)[-1].messages[1:]] == ["second"]
+
+
+def test_continue_with_nothing_saved_starts_fresh(cli: Cli) -> None:
+    result = cli("chat", "-c", input="hi\n")
+    assert result.exit_code == 0 and result.stdout == "echo: hi\n"
+
+
+def test_continue_with_a_broken_save_is_one_error(cli: Cli) -> None:
+    path = last_chat_path()
+    path.parent.mkdir(parents=True)
+    path.write_text("{broken", encoding="utf-8")
+    result = cli("chat", "--continue", input="hi\n")
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and "not valid JSON" in result.stderr
+    assert result.stdout == ""
+
+
+def test_unknown_template_is_an_error(cli: Cli) -> None:
+    result = cli("chat", "--template", "nope", input="hi\n")
+    assert result.exit_code == 1
+    assert "no template named 'nope'" in result.stderr
+
+
+def test_template_needing_other_variables_is_refused(cli: Cli, tmp_path: Path) -> None:
+    prompts = tmp_path / "config" / "prompts"
+    prompts.mkdir(parents=True)
+    (prompts / "quiz.yaml").write_text("description: d\nuser: '{topic} {prompt}'\n",
+                                       encoding="utf-8")
+    result = cli("chat", "-t", "quiz", input="hi\n")
+    assert result.exit_code == 1 and "'topic'" in result.stderr
+
+
+def test_user_template_shapes_the_message(cli: Cli, tmp_path: Path) -> None:
+    prompts = tmp_path / "config" / "prompts"
+    prompts.mkdir(parents=True)
+    (prompts / "fr.yaml").write_text(
+        "description: d\nsystem: Réponds en français.\nuser: 'En français : {prompt}'\n"
+        "defaults:\n  temperature: 0.3\n", encoding="utf-8")
+    cli("chat", "-t", "fr", input="hello\n")
+    (request,) = requests(cli)
+    assert request.messages == (Message("system", "Réponds en français."),
+                                Message("user", "En français : hello"))
+    assert request.sampling.temperature == 0.3
+
+
+def test_help_has_an_example(cli: Cli) -> None:
+    result = cli("chat", "--help")
+    assert result.exit_code == 0
+    assert "Example:" in result.stdout and "--continue" in result.stdout
