@@ -101,6 +101,11 @@ class Template:
         pattern = self.user_with_input if (with_input and self.user_with_input) else self.user
         return substitute(pattern, values, f"template {self.name!r}")
 
+    def render_system(self, values: dict[str, str]) -> str | None:
+        if self.system is None:
+            return None
+        return substitute(self.system, values, f"template {self.name!r} (system)")
+
     def sampling(self, base: SamplingParams | None = None) -> SamplingParams:
         params = base or SamplingParams()
         changes = dict(self.defaults)

@@ -59,10 +59,13 @@ def _root(
 
 
 def _register() -> None:
-    from termlm.cli import ask, chat, config_cmd, models, prompts_cmd
+    from termlm.cli import ask, chat, config_cmd, models, prompts_cmd, tasks_cmd
 
     app.command("ask")(ask.ask)
     app.command("chat")(chat.chat)
+    app.command("batch")(tasks_cmd.batch)
+    app.command("classify")(tasks_cmd.classify)
+    app.command("extract")(tasks_cmd.extract)
     app.add_typer(models.app, name="models")
     app.add_typer(prompts_cmd.app, name="prompts")
     app.add_typer(config_cmd.app, name="config")

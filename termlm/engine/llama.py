@@ -213,19 +213,40 @@ class LlamaEngine:
         n_ctx = self._info.n_ctx
         if len(tokens) >= n_ctx:
             raise ContextOverflow(len(tokens), n_ctx)
-        return self._generate(tokens, request.sampling, stops)
+        grammar = self._grammar(request.json_schema) if request.json_schema else None
+        return self._generate(tokens, request.sampling, stops, grammar)
 
     def score(self, request: ScoreRequest) -> list[Score]:
-        prompt, _ = self._format(request.messages)
+        prompt, stops = self._format(request.messages)
         prompt_tokens = self._tokenize_prompt(prompt)
+        end = self._end_of_reply(stops) if request.terminate else []
         scores = []
         for continuation in request.continuations:
-            cont = self._continuation_tokens(prompt, prompt_tokens, continuation)
+            cont = self._continuation_tokens(prompt, prompt_tokens, continuation) + end
             total = len(prompt_tokens) + len(cont)
             if total > self._info.n_ctx:
                 raise ContextOverflow(total, self._info.n_ctx)
             scores.append(Score(continuation, self._logprob(prompt_tokens, cont), len(cont)))
         return scores
+
+    def _end_of_reply(self, stops: list[str]) -> list[int]:
+        """Tokens that close a reply: the template's stop text, else end-of-generation."""
+        for stop in stops:
+            tokens: list[int] = self._llm.tokenize(stop.encode("utf-8"), add_bos=False,
+                                                   special=True)
+            if tokens:
+                return tokens[:1] if len(tokens) == 1 else tokens
+        return [int(self._llm.token_eos())]
+
+    def _grammar(self, schema: Any) -> Any:
+        import json
+
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except (ValueError, KeyError, TypeError, NotImplementedError) as exc:
+            raise EngineError(f"cannot turn the JSON schema into a grammar: {exc}") from None
 
     # -- formatting -------------------------------------------------------
     def _format(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
@@ -290,7 +311,7 @@ class LlamaEngine:
         return total
 
     def _generate(self, tokens: list[int], sampling: SamplingParams,
-                  stops: list[str]) -> Iterator[StreamEvent]:
+                  stops: list[str], grammar: Any = None) -> Iterator[StreamEvent]:
         llm = self._llm
         llama_cpp = self._llama_cpp
         seed = sampling.seed if sampling.seed is not None else self._default_seed
@@ -314,6 +335,7 @@ class LlamaEngine:
             min_p=0.0,
             repeat_penalty=sampling.repeat_penalty,
             reset=True,
+            grammar=grammar,
         )
         try:
             for token in generator:

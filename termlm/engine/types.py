@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "interrupted"]
@@ -39,6 +39,7 @@ class SamplingParams:
 class ChatRequest:
     messages: tuple[Message, ...]
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    json_schema: Mapping[str, Any] | None = None  # constrain the reply to JSON matching it
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ScoreRequest:
 
     messages: tuple[Message, ...]
     continuations: tuple[str, ...]
+    terminate: bool = True  # include the end of the reply, so "hot" and "hotter" differ
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,179 @@
+"""Options every record task shares (batch, classify, extract), and the driver that wires them."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Annotated, Any
+
+import typer
+
+from termlm.cli.common import AppState
+from termlm.errors import ExitCode, UsageError
+from termlm.records.types import Record
+
+
+class InputFormat(str, Enum):
+    txt = "txt"
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+
+
+class OutputFormat(str, Enum):
+    jsonl = "jsonl"
+    csv = "csv"
+    tsv = "tsv"
+    text = "text"
+
+
+class Overflow(str, Enum):
+    error = "error"
+    truncate = "truncate"
+
+
+class EncodingErrors(str, Enum):
+    STRICT = "strict"
+    REPLACE = "replace"
+
+
+Inputs = Annotated[list[str] | None, typer.Argument(
+    help="Files, globs, directories (recursive), or - for stdin (the default).",
+    show_default=False)]
+GlobOpt = Annotated[str | None, typer.Option("--glob", help="Only files matching this "
+                                             "pattern when walking directories (e.g. '*.txt').",
+                                             show_default=False)]
+InputFormatOpt = Annotated[InputFormat | None, typer.Option(
+    "--input-format", help="Input format (default: from the file extension; stdin: txt).",
+    show_default=False)]
+TextFieldOpt = Annotated[str, typer.Option("--text-field", help="JSONL/CSV field with the text.")]
+IdFieldOpt = Annotated[str, typer.Option("--id-field", help="JSONL/CSV field with the id "
+                                         "(default: the line number).")]
+PerFileOpt = Annotated[bool, typer.Option("--per-file", help="Each file is one record "
+                                          "(id = its path).")]
+EncodingOpt = Annotated[EncodingErrors, typer.Option(
+    "--encoding-errors", help="strict: invalid UTF-8 fails that record; replace: decode with "
+    "U+FFFD.")]
+OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Write records to this "
+                                               "file instead of stdout.", show_default=False)]
+OutputFormatOpt = Annotated[OutputFormat, typer.Option("--output-format",
+                                                       help="Output format.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="With -o: skip records already in "
+                                         "the file (failed ones are retried).")]
+KeepFieldsOpt = Annotated[bool, typer.Option("--keep-fields", help="Copy the input record's "
+                                             "fields into the output.")]
+FailFastOpt = Annotated[bool, typer.Option("--fail-fast", help="Stop at the first failed "
+                                           "record.")]
+OverflowOpt = Annotated[Overflow, typer.Option("--on-overflow", help="A record longer than the "
+                                               "context: fail it (error) or cut it (truncate).")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Process at most N records.",
+                                              show_default=False)]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the first rendered prompt and "
+                                         "its token count; call no model.")]
+ProgressOpt = Annotated[bool | None, typer.Option(
+    "--progress/--no-progress", help="Progress on stderr (default: when stderr is a terminal).",
+    show_default=False)]
+
+
+@dataclass(frozen=True)
+class RecordArgs:
+    inputs: list[str]
+    glob: str | None
+    input_format: InputFormat | None
+    text_field: str
+    id_field: str
+    per_file: bool
+    encoding_errors: EncodingErrors
+    output: str | None
+    output_format: OutputFormat
+    resume: bool
+    keep_fields: bool
+    fail_fast: bool
+    on_overflow: Overflow
+    limit: int | None
+    dry_run: bool
+    progress: bool | None
+
+
+def _peek(records: Iterator[Record]) -> tuple[Record | None, Iterator[Record]]:
+    """The first readable record, and an iterator that still yields everything."""
+    seen: list[Record] = []
+    first = None
+    for record in records:
+        seen.append(record)
+        if record.error is None:
+            first = record
+            break
+    return first, itertools.chain(seen, records)
+
+
+def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
+          columns: list[str], check_first: Callable[[Record], None] | None = None,
+          on_result: Callable[[Record, dict[str, Any]], None] | None = None,
+          after: Callable[[], None] | None = None) -> None:
+    """Read records, run ``task`` on each, write them; exit with the documented code."""
+    from termlm.output import notice
+    from termlm.records.readers import count_records, expand_inputs, read_records
+    from termlm.records.resume import load_done, resume_command
+    from termlm.records.writers import open_writer
+    from termlm.runner import RunOptions, prepare, run_records
+
+    if args.resume and not args.output:
+        raise UsageError("--resume needs -o FILE: the output file to continue")
+    if args.resume and args.output_format is OutputFormat.text:
+        raise UsageError("--resume works with jsonl, csv or tsv output, not text")
+    sources = expand_inputs(args.inputs, args.glob)
+    fmt = args.input_format.value if args.input_format else None
+    records = read_records(sources, input_format=fmt, text_field=args.text_field,
+                           id_field=args.id_field, per_file=args.per_file,
+                           encoding_errors=args.encoding_errors.value, warn=notice)
+    first, records = _peek(records)
+    if first is not None and check_first is not None:
+        check_first(first)
+    engine = st.open_engine(st.settings(model=model))
+    try:
+        if args.dry_run:
+            if first is None:
+                raise UsageError("no readable record to show")
+            messages, n_tokens, truncated = prepare(engine, task, first, args.on_overflow.value)
+            for message in messages:
+                sys.stdout.write(f"--- {message.role}\n{message.content}\n")
+            sys.stdout.flush()
+            notice(f"record {first.id}: {n_tokens} prompt tokens (context {engine.info.n_ctx})"
+                   + (", truncated" if truncated else ""))
+            return
+        done = load_done(args.output, args.output_format.value, warn=notice) \
+            if args.resume and args.output else None
+        show = args.progress if args.progress is not None else _stderr_tty()
+        total = count_records(sources, input_format=fmt, per_file=args.per_file) \
+            if show else None
+        options = RunOptions(on_overflow=args.on_overflow.value, keep_fields=args.keep_fields,
+                             fail_fast=args.fail_fast, limit=args.limit, progress=show,
+                             total=total)
+        with open_writer(args.output, args.output_format.value, append=args.resume,
+                         columns=[*columns, "error"], warn=notice) as writer:
+            summary = run_records(engine, task, records, writer, options, done, on_result)
+    finally:
+        engine.close()
+    notice(summary.line())
+    if summary.interrupted:
+        notice(f"interrupted after {summary.done} records this run")
+        if args.output:
+            argv = ["termlm", *sys.argv[1:]]
+            notice(f"resume with: {resume_command(argv)}")
+        raise typer.Exit(int(ExitCode.INTERRUPTED))
+    if summary.stopped_early:
+        notice(f"stopped at the first failure (--fail-fast): {summary.first_error}")
+    if after is not None:
+        after()
+    raise typer.Exit(int(summary.exit_code))
+
+
+def _stderr_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (ValueError, AttributeError):
+        return False

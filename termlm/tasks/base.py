@@ -1,0 +1,47 @@
+"""The Task protocol the record runner drives."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from termlm.engine.types import Engine, Message
+from termlm.errors import TermlmError
+from termlm.records.types import Record
+
+
+class RecordError(TermlmError):
+    """This record failed (the run goes on; the record becomes an error record)."""
+
+
+class Task(Protocol):
+    name: str
+
+    def messages(self, text: str, record: Record) -> tuple[Message, ...]:
+        """The prompt for a record whose (possibly truncated) text is ``text``."""
+        ...
+
+    def reserve(self, engine: Engine) -> int:
+        """Context tokens to keep free beyond the prompt (the reply, or a label)."""
+        ...
+
+    def run(self, engine: Engine, messages: tuple[Message, ...],
+            record: Record) -> dict[str, Any]:
+        """The task's output fields for one record. Raise RecordError to fail it."""
+        ...
+
+
+def record_values(text: str, record: Record) -> dict[str, str]:
+    """Template variables for a record: its fields as text, then ``text`` and ``id``."""
+    import json
+
+    values: dict[str, str] = {}
+    for key, value in record.fields.items():
+        if isinstance(value, str):
+            values[str(key)] = value
+        elif value is None:
+            values[str(key)] = ""
+        else:
+            values[str(key)] = json.dumps(value, ensure_ascii=False)
+    values["text"] = text
+    values["id"] = record.id
+    return values

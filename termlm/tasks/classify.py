@@ -1,0 +1,133 @@
+"""`classify`: pick labels by scoring each one under the model, never by parsing free text.
+
+Each label's full token sequence (plus the end of the reply, so labels that
+share a prefix differ) is scored as the assistant's answer; the scores are
+normalised over the label set into probabilities. Whatever the record says,
+the answer is one of the labels. The instructions, label list and examples
+form the system message, a prefix shared by every record, which the engine
+keeps in its cache instead of evaluating it again for each record.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from termlm.engine.types import Engine, Message, ScoreRequest
+from termlm.errors import UsageError
+from termlm.prompts import Template
+from termlm.records.types import Record
+from termlm.tasks.base import record_values
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    description: str = ""
+    examples: tuple[str, ...] = ()
+
+
+def parse_labels(text: str) -> list[Label]:
+    names = [part.strip() for part in text.split(",")]
+    return _checked([Label(n) for n in names if n])
+
+
+def load_labels_file(path: Path) -> list[Label]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such labels file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read labels file {path}: {exc}") from None
+    except yaml.YAMLError:
+        raise UsageError(f"labels file {path} is not valid YAML") from None
+    if isinstance(data, list):
+        return _checked([Label(str(item).strip()) for item in data])
+    if not isinstance(data, dict):
+        raise UsageError(f"labels file {path} must map each label to a description")
+    labels = []
+    for name, spec in data.items():
+        if spec is None or isinstance(spec, str):
+            labels.append(Label(str(name).strip(), (spec or "").strip()))
+        elif isinstance(spec, dict):
+            unknown = set(spec) - {"description", "examples"}
+            if unknown:
+                raise UsageError(f"labels file {path}: label {name!r} has unknown key "
+                                 f"{sorted(unknown)[0]!r} (use description, examples)")
+            examples = spec.get("examples") or []
+            if not isinstance(examples, list):
+                raise UsageError(f"labels file {path}: examples of {name!r} must be a list")
+            labels.append(Label(str(name).strip(), str(spec.get("description") or "").strip(),
+                                tuple(str(e) for e in examples)))
+        else:
+            raise UsageError(f"labels file {path}: label {name!r} needs a description or a "
+                             "mapping with description/examples")
+    return _checked(labels)
+
+
+def _checked(labels: list[Label]) -> list[Label]:
+    names = [label.name for label in labels]
+    if len(names) < 2 or any(not n for n in names):
+        raise UsageError("give at least two non-empty labels",
+                         hint="--labels positive,negative or --labels-file labels.yaml")
+    seen: set[str] = set()
+    for name in names:
+        if name.casefold() in seen:
+            raise UsageError(f"label {name!r} is listed twice")
+        seen.add(name.casefold())
+    return labels
+
+
+def softmax(logprobs: list[float]) -> list[float]:
+    top = max(logprobs)
+    weights = [math.exp(lp - top) for lp in logprobs]
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+@dataclass(frozen=True)
+class ClassifyTask:
+    labels: tuple[Label, ...]
+    template: Template
+    multi_label: bool = False
+    threshold: float = 0.5
+    name: str = "classify"
+    _system: list[str] = field(default_factory=list, compare=False)
+
+    def system_text(self) -> str:
+        if not self._system:
+            lines = []
+            for label in self.labels:
+                lines.append(f"- {label.name}" + (f": {label.description}"
+                                                  if label.description else ""))
+            examples = [f'Text: "{ex}"\nLabel: {label.name}'
+                        for label in self.labels for ex in label.examples]
+            values = {"labels": "\n".join(lines),
+                      "label_names": ", ".join(label.name for label in self.labels),
+                      "examples": ("Examples:\n" + "\n\n".join(examples)) if examples else ""}
+            self._system.append((self.template.render_system(values) or "").strip())
+        return self._system[0]
+
+    def messages(self, text: str, record: Record) -> tuple[Message, ...]:
+        user = self.template.render_user(record_values(text, record))
+        return (Message("system", self.system_text()), Message("user", user))
+
+    def reserve(self, engine: Engine) -> int:
+        return max(engine.count_tokens(label.name) for label in self.labels) + 2
+
+    def run(self, engine: Engine, messages: tuple[Message, ...],
+            record: Record) -> dict[str, Any]:
+        names = tuple(label.name for label in self.labels)
+        scores = engine.score(ScoreRequest(messages, names))
+        probs = softmax([s.logprob for s in scores])
+        table = {name: round(p, 6) for name, p in zip(names, probs, strict=True)}
+        best = max(range(len(names)), key=lambda i: probs[i])
+        out: dict[str, Any] = {"label": names[best], "confidence": round(probs[best], 6)}
+        if self.multi_label:
+            out["labels"] = [n for n, p in zip(names, probs, strict=True) if p >= self.threshold]
+        out["scores"] = table
+        return out
