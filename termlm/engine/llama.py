@@ -241,12 +241,19 @@ class LlamaEngine:
     def _grammar(self, schema: Any) -> Any:
         import json
 
-        from llama_cpp.llama_grammar import LlamaGrammar
+        from llama_cpp.llama_grammar import LlamaGrammar, json_schema_to_gbnf
 
         try:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        except (ValueError, KeyError, TypeError, NotImplementedError) as exc:
+            gbnf = json_schema_to_gbnf(json.dumps(schema))
+        except (ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
             raise EngineError(f"cannot turn the JSON schema into a grammar: {exc}") from None
+        # The converter lets raw control characters (newlines) into JSON strings, which
+        # json.loads rejects and which lets a small model ramble inside a value: forbid them.
+        gbnf = gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+        try:
+            return LlamaGrammar.from_string(gbnf, verbose=False)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(f"cannot compile the grammar for the JSON schema: {exc}") from None
 
     # -- formatting -------------------------------------------------------
     def _format(self, messages: Sequence[Message]) -> tuple[str, list[str]]:

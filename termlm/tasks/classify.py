@@ -100,17 +100,30 @@ class ClassifyTask:
 
     def system_text(self) -> str:
         if not self._system:
-            lines = []
-            for label in self.labels:
-                lines.append(f"- {label.name}" + (f": {label.description}"
-                                                  if label.description else ""))
+            details = ""
+            if any(label.description for label in self.labels):
+                details = "\n\nLabels:\n" + "\n".join(
+                    f"- {label.name}" + (f": {label.description}" if label.description else "")
+                    for label in self.labels)
             examples = [f'Text: "{ex}"\nLabel: {label.name}'
                         for label in self.labels for ex in label.examples]
-            values = {"labels": "\n".join(lines),
-                      "label_names": ", ".join(label.name for label in self.labels),
-                      "examples": ("Examples:\n" + "\n\n".join(examples)) if examples else ""}
+            values = {"label_names": ", ".join(label.name for label in self.labels),
+                      "labels": "\n".join(f"- {label.name}" for label in self.labels),
+                      "details": details,
+                      "examples": ("\n\nExamples:\n" + "\n\n".join(examples))
+                      if examples else ""}
             self._system.append((self.template.render_system(values) or "").strip())
         return self._system[0]
+
+    @property
+    def needs_end(self) -> bool:
+        """Score the end of the reply too when one label starts another ("hot", "hotter").
+
+        Otherwise a label's own tokens decide, which small models get right more often
+        than a label followed by the end-of-turn token.
+        """
+        names = [label.name.casefold() for label in self.labels]
+        return any(a != b and b.startswith(a) for a in names for b in names)
 
     def messages(self, text: str, record: Record) -> tuple[Message, ...]:
         user = self.template.render_user(record_values(text, record))
@@ -122,7 +135,7 @@ class ClassifyTask:
     def run(self, engine: Engine, messages: tuple[Message, ...],
             record: Record) -> dict[str, Any]:
         names = tuple(label.name for label in self.labels)
-        scores = engine.score(ScoreRequest(messages, names))
+        scores = engine.score(ScoreRequest(messages, names, terminate=self.needs_end))
         probs = softmax([s.logprob for s in scores])
         table = {name: round(p, 6) for name, p in zip(names, probs, strict=True)}
         best = max(range(len(names)), key=lambda i: probs[i])
