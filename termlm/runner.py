@@ -182,4 +182,6 @@ def _one(engine: Engine, task: Task, record: Record, options: RunOptions, summar
     if truncated:
         summary.truncated += 1
         fields = {**fields, "truncated": True}
-    return result_record(record, fields, options.keep_fields)
+    out = result_record(record, fields, options.keep_fields)
+    out.pop("error", None)  # a kept input field named "error" must not fail a good record
+    return out

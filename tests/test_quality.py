@@ -76,3 +76,32 @@ def test_readme_examples_parse(args: list[str]) -> None:
         ctx = sub.make_context(name, sub_args[1:], parent=ctx, resilient_parsing=False)
         command = sub
         sub_args = (_rest(ctx)) if hasattr(sub, "get_command") else []
+
+
+def _leaf_commands() -> list[tuple[str, object]]:
+    from termlm.cli import app
+
+    root = typer.main.get_command(app)
+    found: list[tuple[str, object]] = []
+
+    def walk(prefix: str, command: object) -> None:
+        subs = getattr(command, "commands", None)
+        if subs:
+            for name, sub in subs.items():
+                walk(f"{prefix} {name}".strip(), sub)
+        else:
+            found.append((prefix, command))
+
+    walk("", root)
+    return found
+
+
+@pytest.mark.parametrize(("name", "command"), _leaf_commands(), ids=lambda x: str(x)[:30])
+def test_every_command_help_has_an_example(name: str, command: object) -> None:
+    from typer.testing import CliRunner
+
+    from termlm.cli import app
+
+    result = CliRunner().invoke(app, [*name.split(), "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output, f"termlm {name} --help has no example"

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import typer
 
 from termlm.cli.common import AppState
 from termlm.errors import ExitCode, UsageError
-from termlm.records.types import Record
+from termlm.records.types import Record, Source
 
 
 class InputFormat(str, Enum):
@@ -98,8 +98,9 @@ class RecordArgs:
     progress: bool | None
 
 
-def _peek(records: Iterator[Record]) -> tuple[Record | None, Iterator[Record]]:
-    """The first readable record, and an iterator that still yields everything."""
+def _peek(records: Iterator[Record]) -> tuple[Record | None, bool, Iterator[Record]]:
+    """The first readable record, whether there is any record at all, and an iterator
+    that still yields everything."""
     seen: list[Record] = []
     first = None
     for record in records:
@@ -107,7 +108,7 @@ def _peek(records: Iterator[Record]) -> tuple[Record | None, Iterator[Record]]:
         if record.error is None:
             first = record
             break
-    return first, itertools.chain(seen, records)
+    return first, bool(seen), itertools.chain(seen, records)
 
 
 def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
@@ -116,10 +117,7 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
           after: Callable[[], None] | None = None) -> None:
     """Read records, run ``task`` on each, write them; exit with the documented code."""
     from termlm.output import notice
-    from termlm.records.readers import count_records, expand_inputs, read_records
-    from termlm.records.resume import load_done, resume_command
-    from termlm.records.writers import open_writer
-    from termlm.runner import RunOptions, prepare, run_records
+    from termlm.records.readers import expand_inputs, read_records
 
     if args.resume and not args.output:
         raise UsageError("--resume needs -o FILE: the output file to continue")
@@ -127,10 +125,32 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
         raise UsageError("--resume works with jsonl, csv or tsv output, not text")
     sources = expand_inputs(args.inputs, args.glob)
     fmt = args.input_format.value if args.input_format else None
-    records = read_records(sources, input_format=fmt, text_field=args.text_field,
-                           id_field=args.id_field, per_file=args.per_file,
-                           encoding_errors=args.encoding_errors.value, warn=notice)
-    first, records = _peek(records)
+    reader = read_records(sources, input_format=fmt, text_field=args.text_field,
+                          id_field=args.id_field, per_file=args.per_file,
+                          encoding_errors=args.encoding_errors.value, warn=notice)
+    try:
+        _drive(st, args, model, task, columns, sources, fmt, reader, check_first, on_result,
+               after)
+    finally:
+        # release the inputs now, even when stopped early (--limit, --fail-fast, errors)
+        cast(Generator[Record, None, None], reader).close()
+
+
+def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns: list[str],
+           sources: list[Source], fmt: str | None, reader: Iterator[Record],
+           check_first: Callable[[Record], None] | None,
+           on_result: Callable[[Record, dict[str, Any]], None] | None,
+           after: Callable[[], None] | None) -> None:
+    from termlm.output import notice
+    from termlm.records.readers import count_records
+    from termlm.records.resume import load_done, resume_command
+    from termlm.records.writers import open_writer
+    from termlm.runner import RunOptions, prepare, run_records
+
+    first, any_record, records = _peek(reader)
+    if not any_record:
+        where = "stdin" if all(s.is_stdin for s in sources) else "the input"
+        raise UsageError(f"no records in {where}: nothing to do")
     if first is not None and check_first is not None:
         check_first(first)
     engine = st.open_engine(st.settings(model=model))
@@ -153,8 +173,11 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
         options = RunOptions(on_overflow=args.on_overflow.value, keep_fields=args.keep_fields,
                              fail_fast=args.fail_fast, limit=args.limit, progress=show,
                              total=total)
+        # CSV/TSV columns are fixed by the header: with --keep-fields, add the input's fields
+        kept = [str(k) for k in first.fields if str(k) not in (*columns, "error")] \
+            if args.keep_fields and first is not None else []
         with open_writer(args.output, args.output_format.value, append=args.resume,
-                         columns=[*columns, "error"], warn=notice) as writer:
+                         columns=[*columns, *kept, "error"], warn=notice) as writer:
             summary = run_records(engine, task, records, writer, options, done, on_result)
     finally:
         engine.close()

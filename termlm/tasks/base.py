@@ -14,7 +14,9 @@ class RecordError(TermlmError):
 
 
 class Task(Protocol):
-    name: str
+    @property
+    def name(self) -> str:  # read-only, so frozen dataclasses satisfy the protocol
+        ...
 
     def messages(self, text: str, record: Record) -> tuple[Message, ...]:
         """The prompt for a record whose (possibly truncated) text is ``text``."""

@@ -38,7 +38,8 @@ def load_labels_file(path: Path) -> list[Label]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        # BaseLoader: every scalar is text, so labels such as yes/no/on/1.0 stay as written
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such labels file") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -84,6 +85,8 @@ def _checked(labels: list[Label]) -> list[Label]:
 
 def softmax(logprobs: list[float]) -> list[float]:
     top = max(logprobs)
+    if top == -math.inf:  # no label is possible at all: no preference (not NaN)
+        return [1.0 / len(logprobs)] * len(logprobs)
     weights = [math.exp(lp - top) for lp in logprobs]
     total = sum(weights)
     return [w / total for w in weights]

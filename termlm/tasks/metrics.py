@@ -16,7 +16,9 @@ class GoldReport:
         if gold is None or str(gold).strip() == "":
             self.missing_gold += 1
             return
-        self.pairs.append((str(gold).strip(), predicted))
+        text = str(gold).strip()
+        by_case = {name.casefold(): name for name in self.labels}
+        self.pairs.append((by_case.get(text.casefold(), text), predicted))
 
     def to_dict(self) -> dict[str, Any]:
         names = list(self.labels)
