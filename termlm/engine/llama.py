@@ -220,14 +220,15 @@ class LlamaEngine:
         prompt, stops = self._format(request.messages)
         prompt_tokens = self._tokenize_prompt(prompt)
         end = self._end_of_reply(stops) if request.terminate else []
-        scores = []
-        for continuation in request.continuations:
-            cont = self._continuation_tokens(prompt, prompt_tokens, continuation) + end
-            total = len(prompt_tokens) + len(cont)
-            if total > self._info.n_ctx:
-                raise ContextOverflow(total, self._info.n_ctx)
-            scores.append(Score(continuation, self._logprob(prompt_tokens, cont), len(cont)))
-        return scores
+        conts = [self._continuation_tokens(prompt, prompt_tokens, c) + end
+                 for c in request.continuations]
+        longest = len(prompt_tokens) + max((len(c) for c in conts), default=0)
+        if longest > self._info.n_ctx:
+            raise ContextOverflow(longest, self._info.n_ctx)
+        self._eval_reusing_prefix(prompt_tokens)
+        first = self._last_logprobs()  # the prompt's next-token distribution, shared by all
+        return [Score(text, self._logprob(prompt_tokens, first, cont), len(cont))
+                for text, cont in zip(request.continuations, conts, strict=True)]
 
     def _end_of_reply(self, stops: list[str]) -> list[int]:
         """Tokens that close a reply: the template's stop text, else end-of-generation."""
@@ -308,13 +309,16 @@ class LlamaEngine:
         top = logits.max()
         return logits - (top + math.log(float(np.exp(logits - top).sum())))
 
-    def _logprob(self, prompt_tokens: list[int], cont: list[int]) -> float:
-        self._eval_reusing_prefix(prompt_tokens)
-        total = 0.0
-        for i, token in enumerate(cont):
-            total += float(self._last_logprobs()[token])
-            if i + 1 < len(cont):
+    def _logprob(self, prompt_tokens: list[int], first: Any, cont: list[int]) -> float:
+        """Sum of log-probabilities of ``cont`` after the (already evaluated) prompt."""
+        if not cont:
+            return 0.0
+        total = float(first[cont[0]])
+        if len(cont) > 1:
+            self._llm.n_tokens = len(prompt_tokens)  # drop the previous continuation
+            for i, token in enumerate(cont[:-1]):
                 self._llm.eval([token])
+                total += float(self._last_logprobs()[cont[i + 1]])
         return total
 
     def _generate(self, tokens: list[int], sampling: SamplingParams,

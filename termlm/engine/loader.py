@@ -15,13 +15,11 @@ def effective_ctx(requested: int, trained: int | None) -> int:
 
 
 def open_engine(settings: Settings) -> Engine:
-    from termlm.models.gguf import check_gguf
     from termlm.models.resolve import resolve_model
 
     model = resolve_model(settings.model, settings, allow_pull=not settings.offline,
                           notify=notice)
-    header = check_gguf(model.path)  # never hand llama.cpp a file it could abort on
-    trained = header.context_length or 0
+    trained = model.header.context_length or 0  # resolve_model checked the GGUF header
     from termlm.engine.llama import LlamaEngine
 
     return LlamaEngine(

@@ -19,7 +19,7 @@ from termlm.engine.types import TurnFormat
 from termlm.errors import ModelMissing, ModelNotFound
 from termlm.models import catalog
 from termlm.models.catalog import CatalogEntry, HfSource, LocalSource, parse_source
-from termlm.models.gguf import check_gguf
+from termlm.models.gguf import GGUFHeader, check_gguf
 
 Notify = Callable[[str], None]
 
@@ -30,6 +30,7 @@ class ResolvedModel:
     path: Path
     entry: CatalogEntry | None
     turn_format: TurnFormat | None
+    header: GGUFHeader  # read and checked: llama.cpp may open this file
 
 
 def stderr_notify(message: str) -> None:
@@ -86,16 +87,14 @@ def resolve_model(spec: str, settings: Settings, *, allow_pull: bool = True,
     sink = notify or stderr_notify
     if spec in settings.models:
         path = Path(settings.models[spec]).expanduser()
-        check_gguf(path)
-        return ResolvedModel(spec, path, None, None)
+        return ResolvedModel(spec, path, None, None, check_gguf(path))
     entry = catalog.get_entry(spec)
     if entry is not None:
         path = local_path(entry)
         if not isinstance(entry.sources[0], LocalSource) and not is_pulled(entry):
             _may_pull(spec, settings, allow_pull)
             path = pull(entry, notify=sink)
-        check_gguf(path)
-        return ResolvedModel(spec, path, entry, entry.turn_format)
+        return ResolvedModel(spec, path, entry, entry.turn_format, check_gguf(path))
     if spec.startswith("hf:"):
         source = parse_source(spec)
         assert isinstance(source, HfSource)
@@ -103,12 +102,10 @@ def resolve_model(spec: str, settings: Settings, *, allow_pull: bool = True,
         if not path.is_file():
             _may_pull(spec, settings, allow_pull)
             path = pull(spec, notify=sink)
-        check_gguf(path)
-        return ResolvedModel(spec, path, None, None)
+        return ResolvedModel(spec, path, None, None, check_gguf(path))
     if looks_like_path(spec):
         path = Path(spec).expanduser()
-        check_gguf(path)
-        return ResolvedModel(path.name, path, None, None)
+        return ResolvedModel(path.name, path, None, None, check_gguf(path))
     known = sorted(catalog.load_catalog()) + sorted(settings.models)
     raise ModelNotFound(f"unknown model {spec!r} (known: {', '.join(known)})",
                         hint="termlm models list")

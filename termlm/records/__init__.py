@@ -3,23 +3,27 @@ writers (jsonl, csv, tsv, text) and resume checkpoints. Pure: no model here."""
 
 from __future__ import annotations
 
-from termlm.records.readers import (
-    FORMATS,
-    count_records,
-    detect_format,
-    expand_inputs,
-    read_records,
-)
-from termlm.records.resume import DoneSet, load_done, resume_command
-from termlm.records.types import Record, Source, Warn, error_record, one_line, result_record
-from termlm.records.writers import (
-    WRITER_FORMATS,
-    RecordWriter,
-    WriterFormat,
-    format_text_line,
-    open_writer,
-    unescape_text_line,
-)
+import importlib
+from typing import Any
+
+# Names resolve on first use (PEP 562), so importing termlm.records.types (as every
+# command module does) does not load the readers and writers at start-up.
+_WHERE = {
+    **dict.fromkeys(["FORMATS", "count_records", "detect_format", "expand_inputs",
+                     "read_records"], "readers"),
+    **dict.fromkeys(["DoneSet", "load_done", "resume_command"], "resume"),
+    **dict.fromkeys(["Record", "Source", "Warn", "error_record", "one_line", "result_record"],
+                    "types"),
+    **dict.fromkeys(["WRITER_FORMATS", "RecordWriter", "WriterFormat", "format_text_line",
+                     "open_writer", "unescape_text_line"], "writers"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"termlm.records.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'termlm.records' has no attribute {name!r}")
+
 
 __all__ = [
     "FORMATS",
