@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from termlm.engine.types import Engine, Message
+from termlm.engine.types import (
+    ChatRequest,
+    Engine,
+    Message,
+    ScoreRequest,
+    complete_many,
+    score_many,
+)
 from termlm.errors import ExitCode, TermlmError
 from termlm.records.resume import DoneSet
 from termlm.records.types import Record, error_record, result_record
 from termlm.records.writers import RecordWriter
-from termlm.tasks.base import Task
+from termlm.tasks.base import BatchableTask, Task
 
 OnResult = Callable[[Record, dict[str, Any]], None]
 
@@ -119,6 +127,8 @@ def prepare(engine: Engine, task: Task, record: Record,
     assert record.text is not None
     messages = task.messages(record.text, record)
     n_tokens = engine.count_prompt_tokens(messages)
+    if getattr(task, "handles_long_input", False):
+        return messages, n_tokens, False  # the task splits what does not fit (summarize)
     budget = engine.info.n_ctx - task.reserve(engine)
     if n_tokens <= budget:
         return messages, n_tokens, False
@@ -138,32 +148,133 @@ def run_records(engine: Engine, task: Task, records: Iterable[Record], writer: R
     summary = Summary()
     progress = _Progress(options.progress, options.total)
     started = time.perf_counter()
+
+    def emit(record: Record, out: dict[str, Any]) -> bool:
+        """Write one finished record; False when the run must stop (--fail-fast)."""
+        writer.write(out)
+        if "error" in out:
+            summary.failed += 1
+            summary.first_error = summary.first_error or out["error"]
+            if options.fail_fast:
+                summary.stopped_early = True
+                return False
+        else:
+            summary.ok += 1
+            if on_result is not None:
+                on_result(record, out)
+        progress.update(summary)
+        return True
+
+    todo = _todo(records, done, options, summary)
     try:
-        for record in records:
-            if done is not None and done.is_done(record):
-                summary.skipped += 1
-                continue
-            if options.limit is not None and summary.done >= options.limit:
-                break
-            out = _one(engine, task, record, options, summary, progress)
-            writer.write(out)
-            if "error" in out:
-                summary.failed += 1
-                summary.first_error = summary.first_error or out["error"]
-                if options.fail_fast:
-                    summary.stopped_early = True
+        if isinstance(task, BatchableTask):
+            _pipelined(engine, task, todo, options, summary, progress, emit)
+        else:
+            for record in todo:
+                if not emit(record, _one(engine, task, record, options, summary, progress)):
                     break
-            else:
-                summary.ok += 1
-                if on_result is not None:
-                    on_result(record, out)
-            progress.update(summary)
     except KeyboardInterrupt:
-        summary.interrupted = True  # the current record is abandoned, never half-written
+        summary.interrupted = True  # records in flight are abandoned, never half-written
     finally:
         summary.seconds = time.perf_counter() - started
         progress.finish()
     return summary
+
+
+def _todo(records: Iterable[Record], done: DoneSet | None, options: RunOptions,
+          summary: Summary) -> Iterator[Record]:
+    """The records to process: not done before (resume), at most --limit of them."""
+    taken = 0
+    for record in records:
+        if done is not None and done.is_done(record):
+            summary.skipped += 1
+            continue
+        if options.limit is not None and taken >= options.limit:
+            return
+        taken += 1
+        yield record
+
+
+@dataclass
+class _Item:
+    record: Record
+    out: dict[str, Any] | None = None  # set when the record failed before reaching the engine
+    n_tokens: int = 0
+    truncated: bool = False
+
+
+def _pipelined(engine: Engine, task: BatchableTask, todo: Iterator[Record],
+               options: RunOptions, summary: Summary, progress: _Progress,
+               emit: Callable[[Record, dict[str, Any]], bool]) -> None:
+    """One engine request per record, handed to the engine as a stream so a batching
+    engine can run many at once; results are written in input order."""
+    items: deque[_Item] = deque()
+
+    def requests() -> Iterator[ChatRequest | ScoreRequest]:
+        for record in todo:
+            if record.error is not None:
+                items.append(_Item(record, error_record(record, record.error)))
+                continue
+            try:
+                messages, n_tokens, truncated = prepare(engine, task, record,
+                                                        options.on_overflow)
+                request = task.request(messages)
+            except TermlmError as exc:
+                items.append(_Item(record, error_record(record, exc.message)))
+                continue
+            items.append(_Item(record, None, n_tokens, truncated))
+            yield request
+
+    def flush_failed() -> bool:
+        while items and items[0].out is not None:
+            item = items.popleft()
+            assert item.out is not None
+            if not emit(item.record, item.out):
+                return False
+        return True
+
+    stream = requests()
+    results: Iterator[Any] = (score_many(engine, stream) if task.kind == "score"  # type: ignore[arg-type]
+                              else complete_many(engine, stream))  # type: ignore[arg-type]
+    try:
+        for result in results:
+            if not flush_failed():
+                return
+            item = items.popleft()
+            if not emit(item.record, _finish(task, item, result, options, summary, progress)):
+                return
+        flush_failed()
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+def _finish(task: BatchableTask, item: _Item, result: Any, options: RunOptions,
+            summary: Summary, progress: _Progress) -> dict[str, Any]:
+    record = item.record
+    if isinstance(result, TermlmError):
+        return error_record(record, result.message)
+    if isinstance(result, Exception):
+        return error_record(record, f"model error: {result}")
+    try:
+        fields = task.finish(result, record)
+    except TermlmError as exc:
+        return error_record(record, exc.message)
+    return _done_fields(record, fields, item.n_tokens, item.truncated, options, summary,
+                        progress)
+
+
+def _done_fields(record: Record, fields: dict[str, Any], n_tokens: int, truncated: bool,
+                 options: RunOptions, summary: Summary, progress: _Progress) -> dict[str, Any]:
+    summary.prompt_tokens += n_tokens
+    progress.tokens += n_tokens
+    if truncated:
+        summary.truncated += 1
+        fields = {**fields, "truncated": True}
+    out = result_record(record, fields, options.keep_fields)
+    out.pop("error", None)  # a kept input field named "error" must not fail a good record
+    return out
 
 
 def _one(engine: Engine, task: Task, record: Record, options: RunOptions, summary: Summary,
@@ -177,11 +288,4 @@ def _one(engine: Engine, task: Task, record: Record, options: RunOptions, summar
         return error_record(record, exc.message)
     except (RuntimeError, ValueError, OSError) as exc:  # llama.cpp failures surface as these
         return error_record(record, f"model error: {exc}")
-    summary.prompt_tokens += n_tokens
-    progress.tokens += n_tokens
-    if truncated:
-        summary.truncated += 1
-        fields = {**fields, "truncated": True}
-    out = result_record(record, fields, options.keep_fields)
-    out.pop("error", None)  # a kept input field named "error" must not fail a good record
-    return out
+    return _done_fields(record, fields, n_tokens, truncated, options, summary, progress)

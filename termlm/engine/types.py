@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -175,3 +175,47 @@ def collect(events: Iterator[StreamEvent]) -> Completion:
     if result is None:  # pragma: no cover - engines always end with a Completion
         raise RuntimeError("engine stream ended without a completion")
     return result
+
+
+@runtime_checkable
+class BatchingEngine(Protocol):
+    """An engine that runs many requests at once (llama.cpp sequences, or HTTP concurrency).
+
+    Results come back in request order, one per request; a request that fails
+    yields its TermlmError instead of a result, and the others go on. Requests are
+    pulled from the iterable lazily, a few ahead of the results, so a caller can
+    stream millions of records through a bounded number of slots.
+    """
+
+    parallel: int
+
+    def complete_many(self, requests: Iterable[ChatRequest]) -> Iterator[Completion | Exception]:
+        ...
+
+    def score_many(self, requests: Iterable[ScoreRequest]) -> Iterator[list[Score] | Exception]:
+        ...
+
+
+def complete_many(engine: Engine, requests: Iterable[ChatRequest]
+                  ) -> Iterator[Completion | Exception]:
+    """Ordered results for ``requests``: batched when the engine can, one by one otherwise."""
+    if isinstance(engine, BatchingEngine) and engine.parallel > 1:
+        yield from engine.complete_many(requests)
+        return
+    for request in requests:
+        try:
+            yield engine.complete(request)
+        except Exception as exc:  # noqa: BLE001 - per-item failure; Ctrl-C is not an Exception
+            yield exc
+
+
+def score_many(engine: Engine, requests: Iterable[ScoreRequest]
+               ) -> Iterator[list[Score] | Exception]:
+    if isinstance(engine, BatchingEngine) and engine.parallel > 1:
+        yield from engine.score_many(requests)
+        return
+    for request in requests:
+        try:
+            yield engine.score(request)
+        except Exception as exc:  # noqa: BLE001 - per-item failure
+            yield exc

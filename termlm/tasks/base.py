@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from termlm.engine.types import Engine, Message
+from termlm.engine.types import ChatRequest, Completion, Engine, Message, Score, ScoreRequest
 from termlm.errors import TermlmError
 from termlm.records.types import Record
 
@@ -30,6 +30,22 @@ class Task(Protocol):
             record: Record) -> dict[str, Any]:
         """The task's output fields for one record. Raise RecordError to fail it."""
         ...
+
+
+@runtime_checkable
+class BatchableTask(Task, Protocol):
+    """A task that is one engine request per record, so the runner can batch records.
+
+    ``kind`` says which engine call ``request`` is for: "complete" (a ChatRequest) or
+    "score" (a ScoreRequest). ``run`` must equal ``finish(engine call(request(...)))``.
+    """
+
+    @property
+    def kind(self) -> str: ...
+
+    def request(self, messages: tuple[Message, ...]) -> ChatRequest | ScoreRequest: ...
+
+    def finish(self, result: Completion | list[Score], record: Record) -> dict[str, Any]: ...
 
 
 def record_values(text: str, record: Record) -> dict[str, str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from termlm.engine.types import Engine, Message, ScoreRequest
+from termlm.engine.types import Completion, Engine, Message, Score, ScoreRequest
 from termlm.errors import UsageError
 from termlm.prompts import Template
 from termlm.records.types import Record
@@ -135,11 +135,18 @@ class ClassifyTask:
     def reserve(self, engine: Engine) -> int:
         return max(engine.count_tokens(label.name) for label in self.labels) + 2
 
-    def run(self, engine: Engine, messages: tuple[Message, ...],
-            record: Record) -> dict[str, Any]:
+    @property
+    def kind(self) -> str:
+        return "score"
+
+    def request(self, messages: tuple[Message, ...]) -> ScoreRequest:
         names = tuple(label.name for label in self.labels)
-        scores = engine.score(ScoreRequest(messages, names, terminate=self.needs_end))
-        probs = softmax([s.logprob for s in scores])
+        return ScoreRequest(messages, names, terminate=self.needs_end)
+
+    def finish(self, result: Completion | list[Score], record: Record) -> dict[str, Any]:
+        assert isinstance(result, list)
+        names = tuple(label.name for label in self.labels)
+        probs = softmax([s.logprob for s in result])
         table = {name: round(p, 6) for name, p in zip(names, probs, strict=True)}
         best = max(range(len(names)), key=lambda i: probs[i])
         out: dict[str, Any] = {"label": names[best], "confidence": round(probs[best], 6)}
@@ -147,3 +154,7 @@ class ClassifyTask:
             out["labels"] = [n for n, p in zip(names, probs, strict=True) if p >= self.threshold]
         out["scores"] = table
         return out
+
+    def run(self, engine: Engine, messages: tuple[Message, ...],
+            record: Record) -> dict[str, Any]:
+        return self.finish(engine.score(self.request(messages)), record)

@@ -6,11 +6,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from termlm.engine.types import ChatRequest, Engine, Message, SamplingParams
+from termlm.engine.types import ChatRequest, Completion, Engine, Message, SamplingParams, Score
 from termlm.prompts import Template
 from termlm.records.types import Record
-from termlm.tasks.base import RecordError, record_values
-from termlm.tasks.schema import validate_instance
+from termlm.tasks.base import record_values
+from termlm.tasks.generate import parse_json_reply
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,17 @@ class ExtractTask:
     def reserve(self, engine: Engine) -> int:
         return self.sampling.max_tokens
 
+    @property
+    def kind(self) -> str:
+        return "complete"
+
+    def request(self, messages: tuple[Message, ...]) -> ChatRequest:
+        return ChatRequest(messages, self.sampling, json_schema=self.schema)
+
+    def finish(self, result: Completion | list[Score], record: Record) -> dict[str, Any]:
+        assert isinstance(result, Completion)
+        return {"data": parse_json_reply(result, self.schema)}
+
     def run(self, engine: Engine, messages: tuple[Message, ...],
             record: Record) -> dict[str, Any]:
-        done = engine.complete(ChatRequest(messages, self.sampling, json_schema=self.schema))
-        try:
-            value = json.loads(done.text)
-        except json.JSONDecodeError:
-            hint = " (it hit --max-tokens)" if done.finish_reason == "length" else ""
-            raise RecordError(f"the model's output is not complete JSON{hint}") from None
-        validate_instance(value, self.schema)
-        return {"data": value}
+        return self.finish(engine.complete(self.request(messages)), record)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from termlm.engine.types import ChatRequest, Engine, Message, SamplingParams
+from termlm.engine.types import ChatRequest, Completion, Engine, Message, SamplingParams, Score
 from termlm.prompts import substitute
 from termlm.records.types import Record
 from termlm.tasks.base import RecordError, record_values
@@ -33,17 +33,30 @@ class GenerateTask:
     def reserve(self, engine: Engine) -> int:
         return self.sampling.max_tokens
 
+    @property
+    def kind(self) -> str:
+        return "complete"
+
+    def request(self, messages: tuple[Message, ...]) -> ChatRequest:
+        return ChatRequest(messages, self.sampling, json_schema=self.json_schema)
+
+    def finish(self, result: Completion | list[Score], record: Record) -> dict[str, Any]:
+        assert isinstance(result, Completion)
+        if self.json_schema is None:
+            return {"output": result.text.strip(), "finish_reason": result.finish_reason}
+        return {"output": parse_json_reply(result, self.json_schema)}
+
     def run(self, engine: Engine, messages: tuple[Message, ...],
             record: Record) -> dict[str, Any]:
-        done = engine.complete(ChatRequest(messages, self.sampling, json_schema=self.json_schema))
-        if self.json_schema is None:
-            return {"output": done.text.strip(), "finish_reason": done.finish_reason}
-        try:
-            value = json.loads(done.text)
-        except json.JSONDecodeError:
-            raise RecordError(
-                "the model's output is not complete JSON"
-                + (" (it hit --max-tokens)" if done.finish_reason == "length" else "")
-            ) from None
-        validate_instance(value, self.json_schema)
-        return {"output": value}
+        return self.finish(engine.complete(self.request(messages)), record)
+
+
+def parse_json_reply(result: Completion, schema: dict[str, Any]) -> Any:
+    """The reply as JSON, checked against the schema; RecordError when it is not."""
+    try:
+        value = json.loads(result.text)
+    except json.JSONDecodeError:
+        hint = " (it hit --max-tokens)" if result.finish_reason == "length" else ""
+        raise RecordError(f"the model's output is not complete JSON{hint}") from None
+    validate_instance(value, schema)
+    return value

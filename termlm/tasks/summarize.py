@@ -1,0 +1,240 @@
+"""`summarize`: one summary per record, map-reduce when the text outgrows the context.
+
+A text whose prompt fits the context (with room for the answer) is
+summarized in one request. A longer one is split with ``termlm.chunking``
+into parts that each fit (map: one short summary per part), then the part
+summaries are combined (reduce). When even the part summaries do not fit in
+one prompt, they are combined in groups first, round after round, until one
+prompt holds them all. Every round at least halves their number, because a
+part summary is at most a quarter of the room a prompt has for them.
+
+Two templates: ``summarize`` (one text, or one part of it) and
+``summarize_reduce`` (summaries of consecutive parts). Both get ``{text}``,
+``{length}`` (an instruction such as "in one to three sentences") and
+``{format}`` (prose or "- " bullets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from termlm.chunking import BudgetTooSmall, pack, split_text
+from termlm.engine.types import ChatRequest, Engine, Message, SamplingParams
+from termlm.errors import TemplateError
+from termlm.records.types import Record
+from termlm.tasks.base import RecordError
+
+if TYPE_CHECKING:
+    from termlm.prompts import Template
+
+
+class Length(str, Enum):
+    short = "short"
+    medium = "medium"
+    long = "long"
+
+
+class Format(str, Enum):
+    paragraph = "paragraph"
+    bullets = "bullets"
+
+
+# --length: the most tokens of the answer, and the instruction for each --format
+MAX_TOKENS = {Length.short: 120, Length.medium: 250, Length.long: 600}
+_LENGTH_TEXT = {
+    Format.paragraph: {Length.short: "in one to three sentences",
+                       Length.medium: "in one paragraph",
+                       Length.long: "in about three paragraphs"},
+    Format.bullets: {Length.short: "in at most three bullet points",
+                     Length.medium: "in about five bullet points",
+                     Length.long: "in about ten bullet points"},
+}
+_FORMAT_TEXT = {
+    Format.paragraph: "Write plain prose, with no title, no list and no preamble.",
+    Format.bullets: 'Write a list with one point per line, each line starting with "- ", '
+                    "with no title and no preamble.",
+}
+# part summaries, and groups of them combined in intermediate rounds
+_NOTE_LENGTH = "in a few sentences, keeping the key facts, names and numbers"
+_NOTE_MAX_TOKENS = 200
+_SEPARATOR = "\n\n"
+VARIABLES = ("text", "length", "format")
+
+Progress = Callable[[str], None]
+FinalWriter = Callable[[ChatRequest], str]
+"""Runs the last request and returns its text (the CLI streams it to stdout)."""
+
+
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    chunks: int  # parts the text was split into (1: it fit in one prompt)
+    rounds: int  # reduce rounds (0 for a single pass)
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    answer: int  # most tokens of the final summary
+    note: int  # most tokens of a part summary or an intermediate one
+
+
+def check_template(template: Template) -> None:
+    """A summarize template must use {text}, and may use only {text}, {length}, {format}."""
+    from termlm.prompts import variables_in
+
+    names = list(template.variables)
+    if template.system:
+        names += variables_in(template.system, template.name)
+    unknown = [n for n in names if n not in VARIABLES]
+    if unknown:
+        raise TemplateError(f"template {template.name!r} uses {{{unknown[0]}}}; a summarize "
+                            f"template knows only {{text}}, {{length}} and {{format}}")
+    if "text" not in names:
+        raise TemplateError(f"template {template.name!r} must use {{text}}")
+
+
+@dataclass(frozen=True)
+class SummarizeTask:
+    template: Template  # one text, or one part of a long one
+    reduce_template: Template  # summaries of consecutive parts
+    length: Length = Length.medium
+    fmt: Format = Format.paragraph
+    sampling: SamplingParams = field(default_factory=SamplingParams)  # max_tokens: the answer
+    progress: Progress | None = None
+    name: str = "summarize"
+    handles_long_input: bool = True  # the runner skips its context check: run() splits
+
+    def __post_init__(self) -> None:
+        check_template(self.template)
+        check_template(self.reduce_template)
+
+    # -- the Task protocol -----------------------------------------------------
+
+    def messages(self, text: str, record: Record) -> tuple[Message, ...]:
+        """The one-pass prompt for the whole text (what --dry-run shows)."""
+        if not text.strip():
+            raise RecordError(f"{record.id} is empty: nothing to summarize")
+        return self._messages(self.template, text, final=True)
+
+    def reserve(self, engine: Engine) -> int:
+        return self._sizes(engine).answer
+
+    def run(self, engine: Engine, messages: tuple[Message, ...],
+            record: Record) -> dict[str, Any]:
+        result = self.summarize(engine, record.text or "", record.id)
+        return {"summary": result.text, "chunks": result.chunks}
+
+    # -- the work --------------------------------------------------------------
+
+    def summarize(self, engine: Engine, text: str, label: str,
+                  final: FinalWriter | None = None) -> Summary:
+        """Summarize ``text`` (``label`` names it in progress lines and errors)."""
+        if not text.strip():
+            raise RecordError(f"{label} is empty: nothing to summarize")
+        sizes = self._sizes(engine)
+        n_ctx = engine.info.n_ctx
+        whole = self._messages(self.template, text, final=True)
+        if engine.count_prompt_tokens(whole) + sizes.answer <= n_ctx:
+            return Summary(self._final(engine, whole, sizes, final), 1, 0)
+        chunks = self._chunks(engine, text, sizes)
+        self._say(f"{label}: {engine.count_tokens(text)} tokens do not fit the context "
+                  f"({n_ctx}) at once: summarizing {len(chunks)} parts, then combining them")
+        notes = []
+        for i, chunk in enumerate(chunks, 1):
+            self._say(f"{label}: part {i}/{len(chunks)}")
+            notes.append(self._note(engine, self._messages(self.template, chunk, final=False),
+                                    sizes))
+        rounds = 0
+        while True:
+            rounds += 1
+            groups = self._groups(engine, notes, sizes)
+            if len(groups) == 1:
+                self._say(f"{label}: combining {len(notes)} part summaries")
+                reduce = self._messages(self.reduce_template, groups[0], final=True)
+                return Summary(self._final(engine, reduce, sizes, final), len(chunks), rounds)
+            if len(groups) >= len(notes):
+                raise RecordError(f"{label}: the part summaries do not get shorter; "
+                                  "raise --ctx")
+            self._say(f"{label}: combining {len(notes)} part summaries in {len(groups)} "
+                      f"groups (round {rounds})")
+            notes = [self._note(engine, self._messages(self.reduce_template, group,
+                                                       final=False), sizes)
+                     for group in groups]
+
+    def _sizes(self, engine: Engine) -> _Sizes:
+        n_ctx = engine.info.n_ctx
+        answer = max(1, min(self.sampling.max_tokens, n_ctx // 3))
+        note = max(16, min(_NOTE_MAX_TOKENS, n_ctx // 8))
+        return _Sizes(answer=answer, note=note)
+
+    def _room(self, engine: Engine, template: Template, reserve: int) -> int:
+        """Tokens left for {text} in a prompt from ``template`` that keeps ``reserve`` free."""
+        empty = engine.count_prompt_tokens(self._messages(template, "", final=True))
+        margin = 4 + engine.info.n_ctx // 64  # a tokenizer may count joined text differently
+        return engine.info.n_ctx - empty - reserve - margin
+
+    def _chunks(self, engine: Engine, text: str, sizes: _Sizes) -> list[str]:
+        """Parts of ``text`` whose map prompts each fit, with room for a part summary."""
+        budget = self._room(engine, self.template, sizes.note)
+        limit = engine.info.n_ctx - sizes.note
+        for _ in range(4):
+            if budget < 32:
+                break
+            try:
+                chunks = split_text(text, budget, engine.count_tokens)
+            except BudgetTooSmall:
+                break
+            if all(engine.count_prompt_tokens(self._messages(self.template, c, final=False))
+                   <= limit for c in chunks):
+                return chunks
+            budget = budget * 3 // 4
+        raise RecordError(f"the context ({engine.info.n_ctx} tokens) is too small to "
+                          "summarize in parts; raise --ctx")
+
+    def _groups(self, engine: Engine, notes: list[str], sizes: _Sizes) -> list[str]:
+        """Notes joined into as few reduce inputs as fit one prompt each."""
+        reserve = max(sizes.answer, sizes.note)
+        room = self._room(engine, self.reduce_template, reserve)
+        if room < 2 * sizes.note:
+            raise RecordError(f"the context ({engine.info.n_ctx} tokens) is too small to "
+                              "combine part summaries; raise --ctx or use a shorter --length")
+        units: list[str] = []
+        for note in notes:  # a note longer than asked for is cut at sentences first
+            units.extend(p.strip() for p in split_text(note, room, engine.count_tokens)
+                         if p.strip())
+        limit = engine.info.n_ctx - reserve
+
+        def prompt_tokens(joined: str) -> int:
+            return engine.count_prompt_tokens(
+                self._messages(self.reduce_template, joined, final=True))
+
+        return pack(units, limit, prompt_tokens, sep=_SEPARATOR)
+
+    def _note(self, engine: Engine, messages: tuple[Message, ...], sizes: _Sizes) -> str:
+        done = engine.complete(ChatRequest(messages, self.sampling.with_(max_tokens=sizes.note)))
+        return done.text.strip()
+
+    def _final(self, engine: Engine, messages: tuple[Message, ...], sizes: _Sizes,
+               final: FinalWriter | None) -> str:
+        request = ChatRequest(messages, self.sampling.with_(max_tokens=sizes.answer))
+        text = final(request) if final is not None else engine.complete(request).text
+        if not text.strip():
+            raise RecordError("the model returned an empty summary")
+        return text.strip()
+
+    def _messages(self, template: Template, text: str, *, final: bool) -> tuple[Message, ...]:
+        values = {
+            "text": text,
+            "length": _LENGTH_TEXT[self.fmt][self.length] if final else _NOTE_LENGTH,
+            "format": _FORMAT_TEXT[self.fmt] if final else _FORMAT_TEXT[Format.paragraph],
+        }
+        system = template.render_system(values)
+        user = template.render_user(values)
+        return (*([Message("system", system)] if system else []), Message("user", user))
+
+    def _say(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress(message)
