@@ -26,6 +26,11 @@ class Settings:
     seed: int | None = None
     offline: bool = False
     models: dict[str, str] = field(default_factory=dict)  # local aliases: name -> path
+    parallel: int | None = None  # sequences decoded together; None: chosen from the context
+    engine: str = "llama"  # "llama" (in-process) or "openai" (an OpenAI-compatible server)
+    base_url: str | None = None  # for engine "openai", e.g. http://127.0.0.1:8080/v1
+    api_key_env: str | None = None  # name of the environment variable holding the API key
+    concurrency: int = 4  # requests in flight, engine "openai"
     source: dict[str, str] = field(default_factory=dict)  # key -> where its value came from
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +78,21 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
         return _parse_int(key, value, where, minimum=-1)
+    if key == "parallel":
+        return None if value is None else _parse_int(key, value, where, minimum=1)
+    if key == "concurrency":
+        return _parse_int(key, value, where, minimum=1)
+    if key == "engine":
+        text = str(value).strip().lower()
+        if text not in ("llama", "openai"):
+            raise ConfigError(f"{where}: engine must be llama or openai, not {value!r}")
+        return text
+    if key in ("base_url", "api_key_env"):
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{where}: {key} must be text")
+        return value.strip()
     if key == "offline":
         return _parse_bool(key, value, where)
     if key == "models":
@@ -120,6 +140,11 @@ _ENV = {
     "n_gpu_layers": "TERMLM_GPU_LAYERS",
     "seed": "TERMLM_SEED",
     "offline": "TERMLM_OFFLINE",
+    "parallel": "TERMLM_PARALLEL",
+    "engine": "TERMLM_ENGINE",
+    "base_url": "TERMLM_BASE_URL",
+    "api_key_env": "TERMLM_API_KEY_ENV",
+    "concurrency": "TERMLM_CONCURRENCY",
 }
 
 
@@ -139,7 +164,8 @@ def load_settings(flags: dict[str, Any] | None = None) -> Settings:
     layers = [
         (f"config file {path}", read_config_file(path)),
         ("environment", read_env()),
-        ("flag", {k: v for k, v in (flags or {}).items() if v is not None}),
+        ("flag", {k: _coerce(k, v, "option") for k, v in (flags or {}).items()
+                  if v is not None}),
     ]
     settings = Settings()
     source = {k: "default" for k in _KEYS}

@@ -42,12 +42,26 @@ def _root(
     gpu_layers: Annotated[str | None, typer.Option(
         "--gpu-layers", help="Layers to offload to the GPU: a number, or 'auto' (all, when "
         "the build supports it).", show_default=False)] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="llama (in-process, the default) or openai (an OpenAI-compatible "
+        "server: llama-server, vLLM, Ollama, LM Studio).", show_default=False)] = None,
+    base_url: Annotated[str | None, typer.Option(
+        "--base-url", help="Server URL for --engine openai, e.g. http://127.0.0.1:8080/v1.",
+        show_default=False)] = None,
+    api_key_env: Annotated[str | None, typer.Option(
+        "--api-key-env", help="Environment variable that holds the server's API key.",
+        show_default=False)] = None,
+    concurrency: Annotated[int | None, typer.Option(
+        "--concurrency", min=1, help="Requests in flight with --engine openai (default 4).",
+        show_default=False)] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
     st = state(ctx)
     st.verbose = st.verbose or verbose
-    flags = {"n_ctx": ctx_size, "threads": threads, "n_gpu_layers": gpu_layers}
+    flags = {"n_ctx": ctx_size, "threads": threads, "n_gpu_layers": gpu_layers,
+             "engine": engine, "base_url": base_url, "api_key_env": api_key_env,
+             "concurrency": concurrency}
     if offline:
         flags["offline"] = True
     st.flags.update({k: v for k, v in flags.items() if v is not None})
@@ -66,6 +80,9 @@ def _register() -> None:
     app.command("batch")(tasks_cmd.batch)
     app.command("classify")(tasks_cmd.classify)
     app.command("extract")(tasks_cmd.extract)
+    from termlm.cli import summarize_cmd
+
+    app.command("summarize")(summarize_cmd.summarize)
     app.add_typer(models.app, name="models")
     app.add_typer(prompts_cmd.app, name="prompts")
     app.add_typer(config_cmd.app, name="config")

@@ -15,6 +15,10 @@ def effective_ctx(requested: int, trained: int | None) -> int:
 
 
 def open_engine(settings: Settings) -> Engine:
+    if settings.engine == "openai":
+        from termlm.engine.remote import RemoteEngine
+
+        return RemoteEngine.from_settings(settings)
     from termlm.models.resolve import resolve_model
 
     model = resolve_model(settings.model, settings, allow_pull=not settings.offline,
