@@ -105,3 +105,17 @@ def test_every_command_help_has_an_example(name: str, command: object) -> None:
     result = CliRunner().invoke(app, [*name.split(), "--help"])
     assert result.exit_code == 0, result.output
     assert "Example" in result.output, f"termlm {name} --help has no example"
+
+
+def test_wheel_ships_prompts_and_catalog(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps",
+                           "--no-build-isolation", "-q", "-w", str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import zipfile
+
+    (wheel,) = tmp_path.glob("termlm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {p.name for p in (ROOT / "prompts").glob("*.yaml")}
+    assert shipped and {f"termlm/_prompts/{n}" for n in shipped} <= names
+    assert "termlm/models/catalog.yaml" in names
