@@ -83,6 +83,9 @@ def _register() -> None:
     from termlm.cli import summarize_cmd
 
     app.command("summarize")(summarize_cmd.summarize)
+    from termlm.cli import summarize_cmd
+
+    app.command("summarize")(summarize_cmd.summarize)
     app.add_typer(models.app, name="models")
     app.add_typer(prompts_cmd.app, name="prompts")
     app.add_typer(config_cmd.app, name="config")

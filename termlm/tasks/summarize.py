@@ -5,8 +5,10 @@ summarized in one request. A longer one is split with ``termlm.chunking``
 into parts that each fit (map: one short summary per part), then the part
 summaries are combined (reduce). When even the part summaries do not fit in
 one prompt, they are combined in groups first, round after round, until one
-prompt holds them all. Every round at least halves their number, because a
-part summary is at most a quarter of the room a prompt has for them.
+prompt holds them all. Every round at least halves their number: a part
+summary is asked to be at most half the room a reduce prompt has for them.
+The final summary gets ``sampling.max_tokens`` (from --length or
+--max-tokens), capped at a third of the context.
 
 Two templates: ``summarize`` (one text, or one part of it) and
 ``summarize_reduce`` (summaries of consecutive parts). Both get ``{text}``,
@@ -22,7 +24,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from termlm.chunking import BudgetTooSmall, pack, split_text
-from termlm.engine.types import ChatRequest, Engine, Message, SamplingParams
+from termlm.engine.types import ChatRequest, Engine, Message, SamplingParams, complete_many
 from termlm.errors import TemplateError
 from termlm.records.types import Record
 from termlm.tasks.base import RecordError
@@ -55,7 +57,7 @@ _LENGTH_TEXT = {
 _FORMAT_TEXT = {
     Format.paragraph: "Write plain prose, with no title, no list and no preamble.",
     Format.bullets: 'Write a list with one point per line, each line starting with "- ", '
-                    "with no title and no preamble.",
+                    "with no title and no preamble. Like this:\n- First point.\n- Second point.",
 }
 # part summaries, and groups of them combined in intermediate rounds
 _NOTE_LENGTH = "in a few sentences, keeping the key facts, names and numbers"
@@ -139,14 +141,14 @@ class SummarizeTask:
         whole = self._messages(self.template, text, final=True)
         if engine.count_prompt_tokens(whole) + sizes.answer <= n_ctx:
             return Summary(self._final(engine, whole, sizes, final), 1, 0)
+        self._reduce_room(engine, sizes)  # fail before any work when parts cannot be combined
         chunks = self._chunks(engine, text, sizes)
-        self._say(f"{label}: {engine.count_tokens(text)} tokens do not fit the context "
-                  f"({n_ctx}) at once: summarizing {len(chunks)} parts, then combining them")
-        notes = []
-        for i, chunk in enumerate(chunks, 1):
-            self._say(f"{label}: part {i}/{len(chunks)}")
-            notes.append(self._note(engine, self._messages(self.template, chunk, final=False),
-                                    sizes))
+        if self.progress is not None:  # counting a long text is not free
+            self._say(f"{label}: {engine.count_tokens(text)} tokens do not fit the context "
+                      f"({n_ctx}) at once: summarizing {len(chunks)} parts, then combining "
+                      "them")
+        notes = self._notes(engine, [self._messages(self.template, c, final=False)
+                                     for c in chunks], sizes, f"{label}: part")
         rounds = 0
         while True:
             rounds += 1
@@ -160,9 +162,8 @@ class SummarizeTask:
                                   "raise --ctx")
             self._say(f"{label}: combining {len(notes)} part summaries in {len(groups)} "
                       f"groups (round {rounds})")
-            notes = [self._note(engine, self._messages(self.reduce_template, group,
-                                                       final=False), sizes)
-                     for group in groups]
+            notes = self._notes(engine, [self._messages(self.reduce_template, g, final=False)
+                                         for g in groups], sizes, f"{label}: group")
 
     def _sizes(self, engine: Engine) -> _Sizes:
         n_ctx = engine.info.n_ctx
@@ -194,13 +195,18 @@ class SummarizeTask:
         raise RecordError(f"the context ({engine.info.n_ctx} tokens) is too small to "
                           "summarize in parts; raise --ctx")
 
-    def _groups(self, engine: Engine, notes: list[str], sizes: _Sizes) -> list[str]:
-        """Notes joined into as few reduce inputs as fit one prompt each."""
-        reserve = max(sizes.answer, sizes.note)
-        room = self._room(engine, self.reduce_template, reserve)
+    def _reduce_room(self, engine: Engine, sizes: _Sizes) -> int:
+        """Tokens for part summaries in a reduce prompt; at least two must fit."""
+        room = self._room(engine, self.reduce_template, max(sizes.answer, sizes.note))
         if room < 2 * sizes.note:
             raise RecordError(f"the context ({engine.info.n_ctx} tokens) is too small to "
                               "combine part summaries; raise --ctx or use a shorter --length")
+        return room
+
+    def _groups(self, engine: Engine, notes: list[str], sizes: _Sizes) -> list[str]:
+        """Notes joined into as few reduce inputs as fit one prompt each."""
+        reserve = max(sizes.answer, sizes.note)
+        room = self._reduce_room(engine, sizes)
         units: list[str] = []
         for note in notes:  # a note longer than asked for is cut at sentences first
             units.extend(p.strip() for p in split_text(note, room, engine.count_tokens)
@@ -213,9 +219,23 @@ class SummarizeTask:
 
         return pack(units, limit, prompt_tokens, sep=_SEPARATOR)
 
-    def _note(self, engine: Engine, messages: tuple[Message, ...], sizes: _Sizes) -> str:
-        done = engine.complete(ChatRequest(messages, self.sampling.with_(max_tokens=sizes.note)))
-        return done.text.strip()
+    def _notes(self, engine: Engine, prompts: list[tuple[Message, ...]], sizes: _Sizes,
+               what: str) -> list[str]:
+        """Part (or group) summaries, in order; run at once when the engine batches."""
+        sampling = self.sampling.with_(max_tokens=sizes.note)
+        results = complete_many(engine, (ChatRequest(m, sampling) for m in prompts))
+        notes: list[str] = []
+        try:
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+                notes.append(result.text.strip())
+                self._say(f"{what} {len(notes)}/{len(prompts)} summarized")
+        finally:
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()
+        return notes
 
     def _final(self, engine: Engine, messages: tuple[Message, ...], sizes: _Sizes,
                final: FinalWriter | None) -> str:
