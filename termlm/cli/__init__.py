@@ -80,9 +80,15 @@ def _register() -> None:
     app.command("batch")(tasks_cmd.batch)
     app.command("classify")(tasks_cmd.classify)
     app.command("extract")(tasks_cmd.extract)
+    from termlm.cli import qa_cmd
+
+    app.command("qa")(qa_cmd.qa)
     from termlm.cli import summarize_cmd
 
     app.command("summarize")(summarize_cmd.summarize)
+    from termlm.cli import qa_cmd
+
+    app.command("qa")(qa_cmd.qa)
     from termlm.cli import summarize_cmd
 
     app.command("summarize")(summarize_cmd.summarize)

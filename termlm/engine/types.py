@@ -205,7 +205,7 @@ def complete_many(engine: Engine, requests: Iterable[ChatRequest]
     for request in requests:
         try:
             yield engine.complete(request)
-        except Exception as exc:  # noqa: BLE001 - per-item failure; Ctrl-C is not an Exception
+        except Exception as exc:
             yield exc
 
 
@@ -217,5 +217,5 @@ def score_many(engine: Engine, requests: Iterable[ScoreRequest]
     for request in requests:
         try:
             yield engine.score(request)
-        except Exception as exc:  # noqa: BLE001 - per-item failure
+        except Exception as exc:
             yield exc
