@@ -80,12 +80,9 @@ def _register() -> None:
     app.command("batch")(tasks_cmd.batch)
     app.command("classify")(tasks_cmd.classify)
     app.command("extract")(tasks_cmd.extract)
-    from termlm.cli import qa_cmd
+    from termlm.cli import translate_cmd
 
-    app.command("qa")(qa_cmd.qa)
-    from termlm.cli import summarize_cmd
-
-    app.command("summarize")(summarize_cmd.summarize)
+    app.command("translate")(translate_cmd.translate)
     from termlm.cli import qa_cmd
 
     app.command("qa")(qa_cmd.qa)

@@ -1,0 +1,311 @@
+"""`termlm translate`: Markdown or text files (or stdin) into another language.
+
+The command wires: inputs -> per-file read and checks -> Translator (the
+pure-ish task in termlm.tasks.translate) -> stdout, or files under ``-o DIR``
+written atomically. A file that fails does not stop the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+import time
+from enum import Enum
+from pathlib import Path, PurePath
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from termlm.cli.common import (
+    ModelOpt,
+    SeedOpt,
+    TemperatureOpt,
+    TemplateOpt,
+    handles_errors,
+    state,
+)
+from termlm.errors import ExitCode, InputError, TermlmError, UsageError
+
+if TYPE_CHECKING:
+    from termlm.records.types import Source
+    from termlm.segment import Mode
+    from termlm.tasks.translate import Translator
+
+_MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd", ".mdx"}
+_BOM = "\ufeff"
+
+
+class Format(str, Enum):
+    auto = "auto"
+    markdown = "markdown"
+    text = "text"
+
+
+@handles_errors
+def translate(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help="Target language: a name (French) or a code "
+                                    "(fr, pt-BR).", show_default=False)],
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="Files, globs, directories (recursive), or - for stdin (the default).",
+        show_default=False)] = None,
+    from_: Annotated[str | None, typer.Option(
+        "--from", help="Source language (default: the model works it out).",
+        show_default=False)] = None,
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="Write each file under this directory, as its relative path "
+        "with the language before the extension (notes/a.md -> DIR/notes/a.fr.md).",
+        show_default=False)] = None,
+    glossary: Annotated[Path | None, typer.Option(
+        "--glossary", help="YAML file of term: translation pairs for the prompt.",
+        show_default=False)] = None,
+    line_mode: Annotated[bool, typer.Option(
+        "--line-mode", help="Translate each line on its own; the output has exactly as many "
+        "lines as the input.")] = False,
+    fmt: Annotated[Format, typer.Option(
+        "--format", help="Input format. auto: Markdown for .md files (and stdin that looks "
+        "like Markdown), plain text otherwise.")] = Format.auto,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="A segment whose translation loses a number, URL, code or "
+        "placeholder (after one retry) fails its file, instead of a warning.")] = False,
+    glob: Annotated[str | None, typer.Option(
+        "--glob", help="Only files matching this pattern when walking directories "
+        "(e.g. '*.md').", show_default=False)] = None,
+    no_cache: Annotated[bool, typer.Option(
+        "--no-cache", help="Translate every segment again instead of reusing cached "
+        "translations.")] = False,
+    progress: Annotated[bool | None, typer.Option(
+        "--progress/--no-progress", help="Progress on stderr (default: when stderr is a "
+        "terminal).", show_default=False)] = None,
+    template: TemplateOpt = None,
+    model: ModelOpt = None,
+    temperature: TemperatureOpt = None,
+    seed: SeedOpt = None,
+) -> None:
+    """Translate Markdown or text, keeping code blocks, front matter, links and layout.
+
+    Example: termlm translate --to French README.md > README.fr.md
+    """
+    from termlm.paths import cache_dir
+    from termlm.prompts import load_template
+    from termlm.records.readers import expand_inputs
+    from termlm.tasks.translate import (
+        Spec,
+        SqliteCache,
+        Translator,
+        language,
+        load_glossary,
+    )
+
+    target = language(to)
+    source_lang = language(from_) if from_ else None
+    if not inputs and _stdin_is_tty():
+        raise UsageError("nothing to translate: give FILES, or pipe text on stdin")
+    sources = expand_inputs(list(inputs or []), glob)
+    if output is not None:  # earlier translations inside a walked directory are not inputs
+        root = os.path.realpath(output)
+        sources = [s for s in sources if not s.walked or os.path.commonpath(
+            [root, os.path.realpath(s.path)]) != root] or sources
+    if output is None and len(sources) > 1:
+        raise UsageError(f"{len(sources)} input files: give -o DIR to write one file each")
+    if output is not None and any(s.is_stdin for s in sources):
+        raise UsageError("stdin goes to stdout: drop -o, or redirect the output")
+    if output is not None:
+        _check_dir(output)
+    tmpl = load_template(template or "translate")
+    changes = {"temperature": temperature, "seed": seed}
+    sampling = tmpl.sampling().with_(**{k: v for k, v in changes.items() if v is not None})
+    terms = load_glossary(glossary) if glossary is not None else {}
+    plan = _plan(sources, output, target.code)
+    st = state(ctx)
+    engine = st.open_engine(st.settings(model=model))
+    cache = None if no_cache else SqliteCache(cache_dir() / "translate" / "cache.sqlite3")
+    try:
+        model_id = f"{engine.info.name}|{os.path.basename(engine.info.path)}"
+        spec = Spec(target=target, source=source_lang, template=tmpl, sampling=sampling,
+                    model_id=model_id, glossary=terms, strict=strict)
+        translator = Translator(engine, spec, cache)
+        show = progress if progress is not None else _stderr_tty()
+        code = _run(translator, plan, fmt, line_mode, show)
+    finally:
+        if cache is not None:
+            cache.close()
+        engine.close()
+    raise typer.Exit(int(code))
+
+
+Plan = list[tuple["Source", "Path | str | None"]]  # None: stdout; str: why not
+
+
+def _plan(sources: list[Source], out: Path | None, code: str) -> Plan:
+    """Each source with its output path (or the reason it has none)."""
+    plan: Plan = []
+    taken: dict[str, str] = {os.path.realpath(s.path): s.name for s in sources
+                             if not s.is_stdin}
+    for source in sources:
+        if out is None:
+            plan.append((source, None))
+            continue
+        target = output_path(out, source.name, code)
+        if isinstance(target, Path):
+            key = os.path.realpath(target)
+            if key in taken:
+                target = f"its output {target} would overwrite {taken[key]}"
+            else:
+                taken[key] = source.name
+        plan.append((source, target))
+    return plan
+
+
+def output_path(out: Path, name: str, code: str) -> Path | str:
+    """Where ``name`` goes under ``out``: its relative path with ``.CODE`` before the
+    extension. Absolute paths lose their root, ``..`` and ``.`` parts are dropped, so the
+    result is always inside ``out``; a str says why there is none."""
+    pure = PurePath(name)
+    parts = [p for p in (pure.parts[1:] if pure.anchor else pure.parts) if p not in (".", "..")]
+    if not parts:
+        return f"no file name in {name!r}"
+    leaf = PurePath(parts[-1])
+    path = out.joinpath(*parts[:-1], f"{leaf.stem}.{code}{leaf.suffix}")
+    root = os.path.realpath(out)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:  # a symlink out of DIR
+        return f"{path} is outside {out}"
+    return path
+
+
+def _check_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise TermlmError(f"cannot write to {out}: it is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".termlm-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise TermlmError(f"cannot write to output directory {out}: "
+                          f"{exc.strerror or exc}") from None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fp:
+            fp.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read(source: Source) -> tuple[str, str] | None:
+    """(text, BOM to put back); None for a binary file found by a walk (skipped)."""
+    from termlm.inputs import decode_text, read_stdin
+
+    if source.is_stdin:
+        text = read_stdin()
+        if not text:
+            raise UsageError("no input on stdin: nothing to translate")
+        return text, ""
+    try:
+        data = Path(source.path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {source.name}: {exc.strerror or exc}") from None
+    if not data:
+        raise InputError(f"{source.name} is empty: nothing to translate")
+    if source.walked and b"\x00" in data[:8192]:
+        return None
+    text = decode_text(data, source.name)
+    return text, _BOM if data.startswith(b"\xef\xbb\xbf") else ""
+
+
+def _mode(source: Source, text: str, fmt: Format, line_mode: bool) -> Mode:
+    if line_mode:
+        return "lines"
+    if fmt is not Format.auto:
+        return "markdown" if fmt is Format.markdown else "text"
+    if source.is_stdin:
+        looks = re.search(r"^(?:```|~~~|#{1,6} |---\s*$|\|?\s*:?-{3,}:?\s*\|)|\]\(", text,
+                          re.MULTILINE)
+        return "markdown" if looks else "text"
+    return "markdown" if Path(source.path).suffix.lower() in _MARKDOWN_SUFFIXES else "text"
+
+
+def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
+         show: bool) -> ExitCode:
+    from termlm.output import error_line, notice
+
+    ok = failed = skipped = segments = cached = 0
+    started = time.perf_counter()
+    for source, target in plan:
+        label = source.name
+
+        def tick(done: int, total: int, label: str = label) -> None:
+            if show:
+                sys.stderr.write(f"\r{label}: {done}/{total} segments")
+                sys.stderr.flush()
+
+        try:
+            if isinstance(target, str):
+                raise TermlmError(target)
+            read = _read(source)
+            if read is None:
+                notice(f"skipping {label}: binary data, not text")
+                skipped += 1
+                continue
+            text, bom = read
+            result = translator.document(text, _mode(source, text, fmt, line_mode), tick)
+            if show and result.units:
+                sys.stderr.write("\n")
+            for warning in result.warnings:
+                notice(f"warning: {label}: {warning}")
+            if target is None:
+                sys.stdout.write(bom + result.text)
+                sys.stdout.flush()
+            else:
+                try:
+                    write_atomic(target, bom + result.text)
+                except OSError as exc:
+                    raise TermlmError(f"cannot write {target}: {exc.strerror or exc}") from None
+                notice(f"{label} -> {target} ({result.units} segments, "
+                       f"{result.cached} cached)")
+            ok += 1
+            segments += result.units
+            cached += result.cached
+        except UsageError:
+            raise
+        except TermlmError as exc:
+            if show:
+                sys.stderr.write("\n")
+            failed += 1
+            message = exc.message if exc.message.startswith(label) else f"{label}: {exc.message}"
+            error_line(message, exc.hint)
+        except KeyboardInterrupt:
+            again = "; finished segments are cached, so running the same command again " \
+                "continues" if translator.cache is not None else ""
+            notice(f"\ninterrupted: {ok} of {len(plan)} files done{again}")
+            return ExitCode.INTERRUPTED
+    seconds = time.perf_counter() - started
+    notice(f"{ok} ok, {failed} failed" + (f", {skipped} skipped" if skipped else "")
+           + f": {segments} segments ({cached} cached) in {seconds:.1f}s")
+    return ExitCode.PARTIAL if failed else ExitCode.OK
+
+
+def _stderr_tty() -> bool:
+    from termlm.output import is_tty
+
+    return is_tty(sys.stderr)
+
+
+def _stdin_is_tty() -> bool:
+    from termlm.inputs import stdin_is_tty
+
+    return stdin_is_tty()
