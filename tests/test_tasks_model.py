@@ -140,3 +140,11 @@ def test_record_longer_than_the_context(tmp_path: Path) -> None:
               input=text)
     assert cut.returncode == 0, cut.stderr
     assert json.loads(cut.stdout.splitlines()[1])["truncated"] is True
+
+
+def test_closed_stdout_pipe_ends_the_run_quietly() -> None:
+    cmd = " ".join(f"'{a}'" for a in TERMLM)
+    proc = subprocess.run(f"{cmd} classify --labels positive,negative '{DATA}' | head -n 2",
+                          shell=True, capture_output=True, text=True, timeout=300, check=False)
+    assert len(proc.stdout.splitlines()) == 2
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr
