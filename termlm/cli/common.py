@@ -33,12 +33,13 @@ class AppState:
         merged.update({k: v for k, v in command_flags.items() if v is not None})
         return load_settings(merged)
 
-    def open_engine(self, settings: Settings) -> Engine:
+    def open_engine(self, settings: Settings, *, batch: bool = False) -> Engine:
+        """The engine for ``settings``; ``batch`` asks for a multi-sequence one (record tasks)."""
         if self.engine_factory is not None:
             return self.engine_factory(settings)
         from termlm.engine.loader import open_engine
 
-        return open_engine(settings)
+        return open_engine(settings, batch=batch)
 
 
 def state(ctx: typer.Context) -> AppState:

@@ -73,6 +73,9 @@ LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Process at
                                               show_default=False)]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the first rendered prompt and "
                                          "its token count; call no model.")]
+ParallelOpt = Annotated[int | None, typer.Option(
+    "--parallel", "-P", min=1, help="Records decoded together in one batch (default: chosen "
+    "from the context size; 1 = one at a time).", show_default=False)]
 ProgressOpt = Annotated[bool | None, typer.Option(
     "--progress/--no-progress", help="Progress on stderr (default: when stderr is a terminal).",
     show_default=False)]
@@ -96,6 +99,7 @@ class RecordArgs:
     limit: int | None
     dry_run: bool
     progress: bool | None
+    parallel: int | None = None
 
 
 def _peek(records: Iterator[Record]) -> tuple[Record | None, bool, Iterator[Record]]:
@@ -153,7 +157,7 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
         raise UsageError(f"no records in {where}: nothing to do")
     if first is not None and check_first is not None:
         check_first(first)
-    engine = st.open_engine(st.settings(model=model))
+    engine = st.open_engine(st.settings(model=model, parallel=args.parallel), batch=True)
     try:
         if args.dry_run:
             if first is None:

@@ -36,6 +36,7 @@ from termlm.cli.records_opts import (
     OutputOpt,
     Overflow,
     OverflowOpt,
+    ParallelOpt,
     PerFileOpt,
     ProgressOpt,
     RecordArgs,
@@ -84,6 +85,7 @@ def batch(
     limit: LimitOpt = None,
     dry_run: DryRunOpt = False,
     progress: ProgressOpt = None,
+    parallel: ParallelOpt = None,
 ) -> None:
     """Run a prompt over each record; output field "output".
 
@@ -120,7 +122,7 @@ def batch(
                  id_field=id_field, per_file=per_file, encoding_errors=encoding_errors,
                  output=output, output_format=output_format, resume=resume,
                  keep_fields=keep_fields, fail_fast=fail_fast, on_overflow=on_overflow,
-                 limit=limit, dry_run=dry_run, progress=progress)
+                 limit=limit, dry_run=dry_run, progress=progress, parallel=parallel)
     drive(state(ctx), args, model, task, ["id", "output", "finish_reason", "truncated"],
           check_first=check_first)
 
@@ -162,6 +164,7 @@ def classify(
     limit: LimitOpt = None,
     dry_run: DryRunOpt = False,
     progress: ProgressOpt = None,
+    parallel: ParallelOpt = None,
 ) -> None:
     """Label each record by scoring every label under the model (never by parsing text).
 
@@ -201,7 +204,7 @@ def classify(
                  id_field=id_field, per_file=per_file, encoding_errors=encoding_errors,
                  output=output, output_format=output_format, resume=resume,
                  keep_fields=keep_fields, fail_fast=fail_fast, on_overflow=on_overflow,
-                 limit=limit, dry_run=dry_run, progress=progress)
+                 limit=limit, dry_run=dry_run, progress=progress, parallel=parallel)
     columns = ["id", "label", "confidence", *(["labels"] if multi_label else []), "scores",
                "truncated"]
     drive(state(ctx), args, model, task, columns, on_result=on_result, after=after)
@@ -234,6 +237,7 @@ def extract(
     limit: LimitOpt = None,
     dry_run: DryRunOpt = False,
     progress: ProgressOpt = None,
+    parallel: ParallelOpt = None,
 ) -> None:
     """Extract structured facts from each record as JSON (output field "data").
 
@@ -255,5 +259,5 @@ def extract(
                  id_field=id_field, per_file=per_file, encoding_errors=encoding_errors,
                  output=output, output_format=output_format, resume=resume,
                  keep_fields=keep_fields, fail_fast=fail_fast, on_overflow=on_overflow,
-                 limit=limit, dry_run=dry_run, progress=progress)
+                 limit=limit, dry_run=dry_run, progress=progress, parallel=parallel)
     drive(state(ctx), args, model, task, ["id", "data", "truncated"])

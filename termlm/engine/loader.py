@@ -14,7 +14,13 @@ def effective_ctx(requested: int, trained: int | None) -> int:
     return requested
 
 
-def open_engine(settings: Settings) -> Engine:
+def default_parallel(n_ctx: int) -> int:
+    """Sequence slots for batch work: one per 512 tokens of context, at most 8."""
+    return max(1, min(8, n_ctx // 512))
+
+
+def open_engine(settings: Settings, *, batch: bool = False) -> Engine:
+    """The engine for ``settings``; ``batch`` commands get a multi-sequence engine."""
     if settings.engine == "openai":
         from termlm.engine.remote import RemoteEngine
 
@@ -24,12 +30,29 @@ def open_engine(settings: Settings) -> Engine:
     model = resolve_model(settings.model, settings, allow_pull=not settings.offline,
                           notify=notice)
     trained = model.header.context_length or 0  # resolve_model checked the GGUF header
+    n_ctx = effective_ctx(settings.n_ctx, trained)
+    parallel = (settings.parallel or default_parallel(n_ctx)) if batch else 1
+    if parallel > 1:
+        from termlm.engine.batched import BatchedEngine
+
+        return BatchedEngine(
+            str(model.path),
+            name=model.name,
+            n_ctx=n_ctx,
+            n_ctx_train=trained,
+            parallel=parallel,
+            threads=settings.threads,
+            n_gpu_layers=settings.n_gpu_layers,
+            seed=settings.seed,
+            turn_format=model.turn_format,
+            notify=notice,
+        )
     from termlm.engine.llama import LlamaEngine
 
     return LlamaEngine(
         str(model.path),
         name=model.name,
-        n_ctx=effective_ctx(settings.n_ctx, trained),
+        n_ctx=n_ctx,
         n_ctx_train=trained,
         threads=settings.threads,
         n_gpu_layers=settings.n_gpu_layers,

@@ -1,0 +1,484 @@
+"""What the llama.cpp engines share: log routing, vocab access, prompt layout, text scanners.
+
+``LlamaEngine`` (high-level ``Llama``) and ``BatchedEngine`` (low-level API) both
+format chat messages, tokenize prompts, detokenize pieces, scan for stop strings
+and build JSON grammars the same way; this module holds that once. ``llama_cpp``
+is passed in or imported lazily, never at module import.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from termlm.engine.types import PLAIN_FORMAT, Message, SamplingParams, ScoreRequest, TurnFormat
+from termlm.errors import ContextOverflow, EngineError
+
+log = logging.getLogger("termlm.llama")
+_log_callback: Any = None  # keep a reference: ctypes callbacks must outlive their use
+
+
+def route_llama_logs(llama_cpp: Any) -> None:
+    """Send llama.cpp's log lines to our logger instead of straight to stderr."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+
+    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    def _callback(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+        if log.isEnabledFor(logging.DEBUG):
+            line = text.decode("utf-8", "replace").rstrip("\n")
+            if line:
+                log.debug("%s", line) if level != 3 else log.debug("error: %s", line)
+
+    llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+    _log_callback = _callback
+
+
+def gpu_offload_supported() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def resolve_gpu_layers(value: int | str) -> int:
+    """'auto' means every layer when this build can offload, none otherwise."""
+    if value == "auto":
+        return -1 if gpu_offload_supported() else 0
+    return int(value)
+
+
+def llama_cpp_version() -> str:
+    import llama_cpp
+
+    return str(getattr(llama_cpp, "__version__", "unknown"))
+
+
+def default_threads() -> int:
+    return max(1, (os.cpu_count() or 2))
+
+
+class Utf8Stream:
+    """Turns token bytes into text, holding back incomplete UTF-8 sequences."""
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, data: bytes) -> str:
+        data = self._pending + data
+        for cut in range(len(data), max(len(data) - 4, -1), -1):
+            try:
+                text = data[:cut].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            self._pending = data[cut:]
+            return text
+        self._pending = b""
+        return data.decode("utf-8", "replace")
+
+    def flush(self) -> str:
+        rest, self._pending = self._pending, b""
+        return rest.decode("utf-8", "replace")
+
+
+class StopScanner:
+    """Holds back text that may be the start of a stop string."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.buffer = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Return (text safe to emit, stopped)."""
+        self.buffer += text
+        for stop in self.stops:
+            at = self.buffer.find(stop)
+            if at >= 0:
+                out, self.buffer = self.buffer[:at], ""
+                return out, True
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.buffer)), 0, -1):
+                if self.buffer.endswith(stop[:n]):
+                    hold = max(hold, n)
+                    break
+        cut = len(self.buffer) - hold
+        out, self.buffer = self.buffer[:cut], self.buffer[cut:]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.buffer = self.buffer, ""
+        return out
+
+
+def json_schema_gbnf(schema: Any) -> str:
+    """A GBNF grammar (root rule ``root``) for JSON matching ``schema``."""
+    import json
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    try:
+        gbnf: str = json_schema_to_gbnf(json.dumps(schema))
+    except (ValueError, KeyError, TypeError, NotImplementedError, RecursionError) as exc:
+        raise EngineError(f"cannot turn the JSON schema into a grammar: {exc}") from None
+    # The converter lets raw control characters (newlines) into JSON strings, which
+    # json.loads rejects and which lets a small model ramble inside a value: forbid them.
+    return gbnf.replace('char ::= [^"\\\\]', 'char ::= [^"\\\\\\x7F\\x00-\\x1F]')
+
+
+class Vocab:
+    """Tokenize and detokenize through a ``llama_vocab`` pointer."""
+
+    def __init__(self, llama_cpp: Any, vocab: Any) -> None:
+        self._llama_cpp = llama_cpp
+        self.ptr = vocab
+        self.n_tokens = int(llama_cpp.llama_vocab_n_tokens(vocab))
+        self.bos = int(llama_cpp.llama_vocab_bos(vocab))
+        self.eos = int(llama_cpp.llama_vocab_eos(vocab))
+        self._pieces: dict[int, bytes] = {}
+        self._buffer = ctypes.create_string_buffer(64)
+
+    def close(self) -> None:
+        """The model is gone: refuse further use instead of touching freed memory."""
+        self.ptr = None
+
+    def _live(self) -> Any:
+        if self.ptr is None:
+            raise EngineError("the engine is closed")
+        return self.ptr
+
+    def tokenize(self, data: bytes, *, add_special: bool, special: bool) -> list[int]:
+        ptr = self._live()
+        size = len(data) + 8  # never more tokens than bytes, plus the specials added
+        tokens = (self._llama_cpp.llama_token * size)()
+        n = self._llama_cpp.llama_tokenize(ptr, data, len(data), tokens, size, add_special,
+                                           special)
+        if n < 0:
+            raise EngineError(f"llama.cpp could not tokenize {len(data)} bytes")
+        return list(tokens[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes a generated token stands for (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        ptr, buffer = self._live(), self._buffer
+        n = self._llama_cpp.llama_token_to_piece(ptr, token, buffer, len(buffer), 0, False)
+        if n < 0:
+            buffer = ctypes.create_string_buffer(-n)
+            n = self._llama_cpp.llama_token_to_piece(ptr, token, buffer, len(buffer), 0, False)
+        data = buffer.raw[: max(n, 0)]
+        self._pieces[token] = data
+        return data
+
+    def text(self, token: int) -> str:
+        """A token's own text (``<s>``, ``<|im_end|>``); empty for no token."""
+        if not 0 <= token < self.n_tokens:
+            return ""
+        raw = self._llama_cpp.llama_vocab_get_text(self._live(), token)
+        return raw.decode("utf-8", "replace") if raw else ""
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self._live(), token))
+
+
+class PromptFormat:
+    """Lays out messages as a prompt and turns prompts and replies into tokens.
+
+    The model's own Jinja chat template comes first, then a catalog turn format,
+    then a plain completion layout.
+    """
+
+    def __init__(self, vocab: Vocab, template: str | None, turn_format: TurnFormat | None,
+                 *, name: str, notify: Any = None) -> None:
+        self.vocab = vocab
+        self._formatter: Any = None
+        self._turn_format: TurnFormat = turn_format or PLAIN_FORMAT
+        if template:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._formatter = Jinja2ChatFormatter(template=template,
+                                                  eos_token=vocab.text(vocab.eos),
+                                                  bos_token=vocab.text(vocab.bos))
+            self.chat_format = "template"
+        elif turn_format is not None:
+            self.chat_format = "catalog"
+        else:
+            self.chat_format = "plain"
+            if notify is not None:
+                notify(f"{name} has no chat template; using a plain completion prompt")
+
+    def format(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
+        """The prompt text ready for the reply, and the stop strings of the layout."""
+        if self._formatter is not None:
+            result = self._formatter(messages=[m.to_dict() for m in messages])
+            stop = result.stop
+            stops = [stop] if isinstance(stop, str) else list(stop or [])
+            return result.prompt, stops
+        return self._turn_format.render(messages), list(self._turn_format.stop)
+
+    def tokenize_prompt(self, prompt: str) -> list[int]:
+        bos_text = self.vocab.text(self.vocab.bos)
+        add_bos = not (bos_text and prompt.startswith(bos_text))
+        return self.vocab.tokenize(prompt.encode("utf-8"), add_special=add_bos, special=True)
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
+        prompt, _ = self.format(messages)
+        return self.tokenize_prompt(prompt)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.vocab.tokenize(text.encode("utf-8"), add_special=False, special=False))
+
+    def continuation_tokens(self, prompt: str, prompt_tokens: list[int], text: str) -> list[int]:
+        """Tokens of ``text`` as the model would see them right after the prompt."""
+        joined = self.tokenize_prompt(prompt + text)
+        if joined[: len(prompt_tokens)] == prompt_tokens and len(joined) > len(prompt_tokens):
+            return joined[len(prompt_tokens) :]
+        return self.vocab.tokenize(text.encode("utf-8"), add_special=False, special=False)
+
+    def end_of_reply(self, stops: list[str]) -> list[int]:
+        """Tokens that close a reply: the template's stop text, else end-of-generation."""
+        for stop in stops:
+            tokens = self.vocab.tokenize(stop.encode("utf-8"), add_special=False, special=True)
+            if tokens:
+                return tokens
+        return [self.vocab.eos]
+
+    def score_tokens(self, request: ScoreRequest, n_ctx: int) -> tuple[list[int], list[list[int]]]:
+        """The prompt tokens and each continuation's tokens (with the reply's end if asked).
+
+        Raises ContextOverflow when the prompt plus the longest continuation cannot fit.
+        """
+        prompt, stops = self.format(request.messages)
+        prompt_tokens = self.tokenize_prompt(prompt)
+        end = self.end_of_reply(stops) if request.terminate else []
+        conts = [self.continuation_tokens(prompt, prompt_tokens, c) + end
+                 for c in request.continuations]
+        longest = len(prompt_tokens) + max((len(c) for c in conts), default=0)
+        if longest > n_ctx:
+            raise ContextOverflow(longest, n_ctx)
+        return prompt_tokens, conts
+
+
+_PENALTY_LAST_N = 64  # llama-cpp-python's Llama default (last_n_tokens_size)
+Logits = Literal["none", "last", "all"]
+
+
+class NativeContext:
+    """A model and a multi-sequence context on llama.cpp's low-level API.
+
+    One ``llama_batch`` is reused for every decode. Every call that could trip
+    one of llama.cpp's aborts is checked first against a ``KvMirror``.
+    """
+
+    def __init__(self, llama_cpp: Any, path: str, *, n_ctx: int, n_seq_max: int,
+                 threads: int | None, n_gpu_layers: int, flash_attn: bool) -> None:
+        from termlm.engine.batch_sched import KvMirror
+
+        lib = self._lib = llama_cpp
+        self.model: Any = None
+        self.ctx: Any = None
+        self._batch: Any = None
+        if n_seq_max > int(lib.llama_max_parallel_sequences()):
+            raise EngineError(f"llama.cpp allows at most {lib.llama_max_parallel_sequences()}"
+                              " sequences")
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = n_gpu_layers
+        self.model = lib.llama_model_load_from_file(path.encode("utf-8"), mparams)
+        if not self.model:
+            raise EngineError(f"llama.cpp could not load {path}")
+        n_batch = min(512, n_ctx)
+        cpus = os.cpu_count() or 1
+        cparams = lib.llama_context_default_params()
+        cparams.n_ctx = n_ctx
+        cparams.n_batch = cparams.n_ubatch = n_batch
+        cparams.n_seq_max = n_seq_max
+        cparams.kv_unified = True  # one cache shared by all sequences: needed by seq_cp
+        cparams.n_threads = threads or max(cpus // 2, 1)  # as Llama does
+        cparams.n_threads_batch = threads or cpus
+        cparams.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                   else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        self.ctx = lib.llama_init_from_model(self.model, cparams)
+        if not self.ctx:
+            self.close()
+            raise EngineError(f"llama.cpp could not create a context of {n_ctx} tokens")
+        self.n_ctx = int(lib.llama_n_ctx(self.ctx))
+        self.n_batch = int(lib.llama_n_batch(self.ctx))
+        if int(lib.llama_n_seq_max(self.ctx)) != n_seq_max:
+            self.close()
+            raise EngineError("llama.cpp did not create the sequences asked for")
+        # a recurrent state cannot be cut or shared in part: no shared prompt prefixes
+        self.partial_copies = not (lib.llama_model_is_recurrent(self.model)
+                                   or lib.llama_model_is_hybrid(self.model))
+        self.vocab_ptr = lib.llama_model_get_vocab(self.model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab_ptr))
+        self._mem = lib.llama_get_memory(self.ctx)
+        self.kv = KvMirror(n_seq_max, self.n_ctx, self.n_batch)
+        batch = self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
+        cap = self.n_batch
+        self._tok = ctypes.cast(batch.token, ctypes.POINTER(ctypes.c_int32 * cap)).contents
+        self._pos = ctypes.cast(batch.pos, ctypes.POINTER(ctypes.c_int32 * cap)).contents
+        self._out = ctypes.cast(batch.logits, ctypes.POINTER(ctypes.c_int8 * cap)).contents
+        n_seq_id = ctypes.cast(batch.n_seq_id, ctypes.POINTER(ctypes.c_int32 * cap)).contents
+        n_seq_id[:] = [1] * cap  # every token belongs to exactly one sequence
+        self._seq = [batch.seq_id[i] for i in range(cap)]
+        self._outputs: set[int] = set()  # batch indexes with logits after the last decode
+        self._next_outputs: set[int] = set()
+
+    def chat_template(self) -> str | None:
+        raw = self._lib.llama_model_chat_template(self.model, None)
+        return raw.decode("utf-8") if raw else None
+
+    # -- the batch ----------------------------------------------------------
+    def room(self) -> int:
+        return self.kv.capacity - self.kv.n_batch
+
+    def add(self, seq: int, pos: int, tokens: Sequence[int], logits: Logits) -> int:
+        """Append ``seq``'s tokens from ``pos`` on; return the first one's batch index."""
+        n = len(tokens)
+        if n and not (min(tokens) >= 0 and max(tokens) < self.n_vocab):
+            raise EngineError("token id outside the vocabulary")
+        i = self.kv.n_batch
+        self.kv.add(seq, pos, n)
+        end = i + n
+        self._tok[i:end] = list(tokens)
+        self._pos[i:end] = list(range(pos, pos + n))
+        seq_ptrs = self._seq
+        for j in range(i, end):
+            seq_ptrs[j][0] = seq
+        if logits == "all":
+            self._out[i:end] = [1] * n
+            self._next_outputs.update(range(i, end))
+        else:
+            self._out[i:end] = [0] * n
+            if logits == "last":
+                self._out[end - 1] = 1
+                self._next_outputs.add(end - 1)
+        return i
+
+    def add_one(self, seq: int, pos: int, token: int) -> int:
+        """One generated token, with logits: the per-step fast path."""
+        if not 0 <= token < self.n_vocab:
+            raise EngineError("token id outside the vocabulary")
+        i = self.kv.n_batch
+        self.kv.add(seq, pos, 1)
+        self._tok[i] = token
+        self._pos[i] = pos
+        self._seq[i][0] = seq
+        self._out[i] = 1
+        self._next_outputs.add(i)
+        return i
+
+    def _live(self) -> None:
+        if not self.ctx:
+            raise EngineError("the engine is closed")
+
+    def decode(self) -> None:
+        self._live()
+        n = self.kv.n_batch
+        if n == 0:
+            raise EngineError("empty batch")
+        self._batch.n_tokens = n
+        rc = int(self._lib.llama_decode(self.ctx, self._batch))
+        self._outputs, self._next_outputs = self._next_outputs, set()
+        if rc != 0:
+            self._outputs.clear()
+            self.kv.reset_batch()
+            raise EngineError(f"llama.cpp failed to decode a batch of {n} tokens (code {rc})")
+        self.kv.decoded()
+
+    def _check_output(self, i: int) -> None:
+        self._live()
+        if i not in self._outputs:
+            raise EngineError(f"batch index {i} has no logits")
+
+    def sample(self, sampler: Any, i: int) -> int:
+        self._check_output(i)
+        return int(self._lib.llama_sampler_sample(sampler, self.ctx, i))
+
+    def logprobs(self, i: int) -> Any:
+        """Log-softmax (float64 numpy array) of the logits at batch index ``i``."""
+        import numpy as np
+
+        self._check_output(i)
+        ptr = self._lib.llama_get_logits_ith(self.ctx, i)
+        if not ptr:
+            raise EngineError(f"llama.cpp has no logits for batch index {i}")
+        logits = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).astype(np.float64)
+        top = logits.max()
+        return logits - (top + math.log(float(np.exp(logits - top).sum())))
+
+    # -- the KV cache -------------------------------------------------------
+    def seq_rm(self, seq: int, p0: int = 0) -> None:
+        """Drop ``seq``'s positions ``p0`` and later (all of it, if it cannot be trimmed)."""
+        self._live()
+        self.kv.rm(seq, p0)
+        if not self._lib.llama_memory_seq_rm(self._mem, seq, max(p0, 0), -1):
+            self.kv.rm(seq)  # some caches (recurrent) cannot cut a sequence in the middle
+            if not self._lib.llama_memory_seq_rm(self._mem, seq, -1, -1):
+                raise EngineError(f"llama.cpp could not clear sequence {seq}")
+
+    def seq_cp(self, src: int, dst: int, p1: int) -> None:
+        """Share ``src``'s positions ``0 .. p1-1`` with the empty ``dst``."""
+        self._live()
+        self.kv.cp(src, dst, p1)
+        self._lib.llama_memory_seq_cp(self._mem, src, dst, 0, p1)
+
+    def clear(self) -> None:
+        self._live()
+        self._lib.llama_memory_clear(self._mem, True)
+        self.kv.clear()
+        self._outputs.clear()
+        self._next_outputs.clear()
+
+    # -- samplers -----------------------------------------------------------
+    def sampler(self, sampling: SamplingParams, seed: int, gbnf: str | None) -> Any:
+        """A sampler chain like Llama's: penalties, grammar, top-k, top-p, temperature."""
+        self._live()
+        lib = self._lib
+        chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+        if not chain:
+            raise EngineError("llama.cpp could not create a sampler")
+
+        def add(sampler: Any, what: str) -> None:
+            if not sampler:
+                lib.llama_sampler_free(chain)
+                raise EngineError(f"llama.cpp could not create the {what}")
+            lib.llama_sampler_chain_add(chain, sampler)
+
+        if sampling.repeat_penalty != 1.0:
+            add(lib.llama_sampler_init_penalties(self.n_vocab, _PENALTY_LAST_N,
+                                                 sampling.repeat_penalty, 0.0, 0.0), "penalty")
+        if gbnf is not None:
+            add(lib.llama_sampler_init_grammar(self.vocab_ptr, gbnf.encode("utf-8"), b"root"),
+                "grammar for the JSON schema")
+        temp = sampling.temperature
+        if temp == 0.0:
+            add(lib.llama_sampler_init_greedy(), "greedy sampler")
+            return chain
+        if temp > 0.0:
+            add(lib.llama_sampler_init_top_k(sampling.top_k), "top-k sampler")
+            add(lib.llama_sampler_init_top_p(sampling.top_p, 1), "top-p sampler")
+            add(lib.llama_sampler_init_temp(temp), "temperature sampler")
+        add(lib.llama_sampler_init_dist(seed), "sampler")
+        return chain
+
+    def free_sampler(self, sampler: Any) -> None:
+        if sampler and self.model:  # after close() a grammar's vocab is gone: leak instead
+            self._lib.llama_sampler_free(sampler)
+
+    def close(self) -> None:
+        lib = self._lib
+        if self._batch is not None:
+            lib.llama_batch_free(self._batch)
+            self._batch = None
+        if self.ctx:
+            lib.llama_free(self.ctx)
+            self.ctx = None
+        if self.model:
+            lib.llama_model_free(self.model)
+            self.model = None
