@@ -32,6 +32,7 @@ from termlm.cli.records_opts import (
     OutputFormat,
     OutputOpt,
     Overflow,
+    ParallelOpt,
     ProgressOpt,
     RecordArgs,
     ResumeOpt,
@@ -97,6 +98,7 @@ def summarize(
     encoding_errors: EncodingOpt = EncodingErrors.STRICT,
     fail_fast: FailFastOpt = False,
     progress: ProgressOpt = None,
+    parallel: ParallelOpt = None,
 ) -> None:
     """Summarize files or stdin; a text longer than the context is summarized in parts,
     then the part summaries are combined.
@@ -126,13 +128,14 @@ def summarize(
     st = state(ctx)
     if combined or (len(sources) == 1 and not as_json and output is None):
         _single(st, model, task, talk, sources, combined=combined, output=output,
-                as_json=as_json, resume=resume, encoding_errors=encoding_errors)
+                as_json=as_json, resume=resume, encoding_errors=encoding_errors,
+                parallel=parallel)
         return
     args = RecordArgs(inputs=paths, glob=glob, input_format=None, text_field="text",
                       id_field="id", per_file=True, encoding_errors=encoding_errors,
                       output=output, output_format=OutputFormat.jsonl, resume=resume,
                       keep_fields=False, fail_fast=fail_fast, on_overflow=Overflow.error,
-                      limit=None, dry_run=False, progress=talk.enabled)
+                      limit=None, dry_run=False, progress=talk.enabled, parallel=parallel)
     drive(st, args, model, task, ["id", "summary", "chunks"])
 
 
@@ -146,7 +149,8 @@ def _read(sources: list[Source], encoding_errors: EncodingErrors) -> list[Record
 
 def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
             sources: list[Source], *, combined: bool, output: str | None, as_json: bool,
-            resume: bool, encoding_errors: EncodingErrors) -> None:
+            resume: bool, encoding_errors: EncodingErrors,
+            parallel: int | None = None) -> None:
     """One text (one input, or all of them with --combined): one summary."""
     from termlm.output import notice
     from termlm.records.resume import load_done
@@ -165,7 +169,7 @@ def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
     label = COMBINED_ID if combined else records[0].id
     text = "\n\n".join(t.strip("\r\n") for t in texts) if combined else texts[0]
     if not as_json and output is None:  # plain text on stdout
-        engine = st.open_engine(st.settings(model=model))
+        engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
         try:
             task.summarize(engine, text, label, final=_streamer(engine, talk))
         except (RuntimeError, ValueError, OSError) as exc:  # llama.cpp failures, as the runner
@@ -178,7 +182,7 @@ def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
     if resume and output is not None and load_done(output, "jsonl", warn=notice).is_done(label):
         notice(f"{label} is already summarized in {output}: nothing to do")
         return
-    engine = st.open_engine(st.settings(model=model))
+    engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
     out: dict[str, object]
     try:
         result = task.summarize(engine, text, label)
