@@ -187,6 +187,12 @@ def _pull_hf(source: HfSource, notify: Notify, expect: CatalogEntry | None = Non
     local_dir = paths.models_dir() / "hf" / source.repo_id
     if expect is None:
         notify(f"pulling {source} from {source.describe()} ...")
+    import logging
+
+    if not logging.getLogger("termlm").isEnabledFor(logging.DEBUG):
+        # its retry chatter goes to stderr twice over; -v shows it
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        logging.getLogger("huggingface_hub").propagate = False
     try:
         result = hf_hub_download(source.repo_id, source.filename, local_dir=local_dir,
                                  endpoint=os.environ.get("HF_ENDPOINT") or None)
@@ -207,6 +213,8 @@ def _pull_hf(source: HfSource, notify: Notify, expect: CatalogEntry | None = Non
 
 def _hf_reason(exc: Exception) -> str:
     name = type(exc).__name__
+    if "LocalEntryNotFound" in name or "Connect" in name or "Timeout" in name:
+        return "cannot reach the Hugging Face Hub (network error) and there is no local copy"
     if "RepositoryNotFound" in name or "GatedRepo" in name:
         return "repository not found (or it needs a token: huggingface-cli login)"
     if "EntryNotFound" in name:
