@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,29 @@ def test_bench_smoke_run_produces_the_table(tmp_path: Path) -> None:
     assert data["classify"]["termlm"]["valid_labels"] == 1.0
     assert data["translate"]["requests"] == 6
     assert data["cold_start"]["termlm_s"] > 0
+
+
+def test_bench_llama_server_row_with_a_stand_in_server(tmp_path: Path) -> None:
+    """LLAMA_SERVER takes llama-server's arguments; llama-cpp-python's server stands in."""
+    shim = tmp_path / "llama-server"
+    shim.write_text(
+        "#!/usr/bin/env python3\n"
+        "import argparse, os, sys\n"
+        "p = argparse.ArgumentParser()\n"
+        "for flag in ('-m', '--host', '--port', '-np', '-c', '-t'):\n"
+        "    p.add_argument(flag)\n"
+        "a = p.parse_args()\n"
+        f"os.execv({sys.executable!r}, [{sys.executable!r}, '-m', 'llama_cpp.server',\n"
+        "         '--model', a.m, '--host', a.host, '--port', a.port,\n"
+        "         '--n_ctx', '2048', '--n_threads', a.t])\n")
+    shim.chmod(0o755)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--cases",
+                           "translate", "--records", "4", "--repeat", "1", "--parallel", "2",
+                           "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "LLAMA_SERVER": str(shim)})
+    assert proc.returncode == 0, proc.stderr
+    assert "vs llama-server, 2 slots and clients" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["translate"]["llama_server"]["requests_per_s"] > 0
