@@ -54,6 +54,7 @@ from termlm.engine.llama_common import (
     PromptFormat,
     StopScanner,
     Vocab,
+    bindings,
     json_schema_gbnf,
     resolve_gpu_layers,
     route_llama_logs,
@@ -110,7 +111,7 @@ class BatchedEngine:
         started = time.perf_counter()
         if parallel < 1:
             raise EngineError(f"parallel must be at least 1, not {parallel}")
-        import llama_cpp
+        llama_cpp = bindings()
 
         route_llama_logs(llama_cpp)
         self.parallel = parallel

@@ -25,6 +25,7 @@ from termlm.engine.llama_common import (
     gpu_offload_supported,
     json_schema_gbnf,
     llama_cpp_version,
+    package,
     resolve_gpu_layers,
     route_llama_logs,
 )
@@ -66,7 +67,7 @@ class LlamaEngine:
         notify: Any = None,
     ) -> None:
         started = time.perf_counter()
-        import llama_cpp
+        llama_cpp = package()
 
         route_llama_logs(llama_cpp)
         try:

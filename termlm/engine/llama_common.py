@@ -9,9 +9,11 @@ is passed in or imported lazily, never at module import.
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import logging
 import math
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -39,10 +41,41 @@ def route_llama_logs(llama_cpp: Any) -> None:
     _log_callback = _callback
 
 
-def gpu_offload_supported() -> bool:
+def bindings() -> Any:
+    """llama.cpp's ctypes bindings, without running llama_cpp's package __init__.
+
+    The package imports its whole high-level layer (numpy, jinja2 chat formats,
+    the Llama class): about 0.15 s that the low-level engines never use. When
+    nothing has imported llama_cpp yet, the package is registered unexecuted and
+    only its ``llama_cpp.llama_cpp`` submodule loads; :func:`package` finishes the
+    package later if something needs the high-level layer.
+    """
+    if "llama_cpp" not in sys.modules:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or spec.loader is None:
+            raise EngineError("llama-cpp-python is not installed",
+                              hint="pip install llama-cpp-python")
+        stub = importlib.util.module_from_spec(spec)
+        stub.__dict__["_termlm_unexecuted"] = True
+        sys.modules["llama_cpp"] = stub
+    import llama_cpp.llama_cpp as low
+
+    return low
+
+
+def package() -> Any:
+    """The whole llama_cpp package (Llama, grammars), finishing a :func:`bindings` stub."""
+    module = sys.modules.get("llama_cpp")
+    if module is not None and module.__dict__.pop("_termlm_unexecuted", False):
+        assert module.__spec__ is not None and module.__spec__.loader is not None
+        module.__spec__.loader.exec_module(module)
     import llama_cpp
 
-    return bool(llama_cpp.llama_supports_gpu_offload())
+    return llama_cpp
+
+
+def gpu_offload_supported() -> bool:
+    return bool(bindings().llama_supports_gpu_offload())
 
 
 def resolve_gpu_layers(value: int | str) -> int:
@@ -53,9 +86,7 @@ def resolve_gpu_layers(value: int | str) -> int:
 
 
 def llama_cpp_version() -> str:
-    import llama_cpp
-
-    return str(getattr(llama_cpp, "__version__", "unknown"))
+    return str(getattr(package(), "__version__", "unknown"))
 
 
 def default_threads() -> int:
@@ -186,6 +217,66 @@ class Vocab:
         return bool(self._llama_cpp.llama_vocab_is_eog(self._live(), token))
 
 
+class ChatTemplate:
+    """A GGUF's Jinja chat template, rendered the way Hugging Face's tokenizers do.
+
+    A sandboxed, immutable Jinja environment (as transformers and llama-cpp-python
+    use), so a template can read messages but call nothing unsafe; jinja2 comes
+    with llama-cpp-python.
+    """
+
+    def __init__(self, template: str, *, eos_token: str, bos_token: str) -> None:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        class _GenerationTags(jinja2.ext.Extension):  # HF's {% generation %} markers
+            tags = {"generation"}  # noqa: RUF012 - jinja2 declares it a class-level set
+
+            def parse(self, parser: Any) -> Any:
+                parser.stream.skip(1)
+                return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+        env = ImmutableSandboxedEnvironment(
+            loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
+            extensions=[_GenerationTags, jinja2.ext.loopcontrols])
+        env.filters["tojson"] = _tojson
+        try:
+            self._template = env.from_string(template)
+        except jinja2.TemplateError as exc:
+            raise EngineError(f"the model's chat template does not parse: {exc}") from None
+        self.eos_token = eos_token
+        self.bos_token = bos_token
+
+    def render(self, messages: Sequence[Message]) -> str:
+        import jinja2
+
+        def raise_exception(message: str) -> None:
+            raise EngineError(f"the model's chat template refused the messages: {message}")
+
+        try:
+            return str(self._template.render(
+                messages=[m.to_dict() for m in messages], eos_token=self.eos_token,
+                bos_token=self.bos_token, raise_exception=raise_exception,
+                add_generation_prompt=True, strftime_now=_strftime_now))
+        except jinja2.TemplateError as exc:
+            raise EngineError(f"the model's chat template failed: {exc}") from None
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    import json
+
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    import datetime
+
+    return datetime.datetime.now().strftime(fmt)
+
+
 class PromptFormat:
     """Lays out messages as a prompt and turns prompts and replies into tokens.
 
@@ -199,11 +290,8 @@ class PromptFormat:
         self._formatter: Any = None
         self._turn_format: TurnFormat = turn_format or PLAIN_FORMAT
         if template:
-            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-            self._formatter = Jinja2ChatFormatter(template=template,
-                                                  eos_token=vocab.text(vocab.eos),
-                                                  bos_token=vocab.text(vocab.bos))
+            self._formatter = ChatTemplate(template, eos_token=vocab.text(vocab.eos),
+                                           bos_token=vocab.text(vocab.bos))
             self.chat_format = "template"
         elif turn_format is not None:
             self.chat_format = "catalog"
@@ -215,10 +303,7 @@ class PromptFormat:
     def format(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
         """The prompt text ready for the reply, and the stop strings of the layout."""
         if self._formatter is not None:
-            result = self._formatter(messages=[m.to_dict() for m in messages])
-            stop = result.stop
-            stops = [stop] if isinstance(stop, str) else list(stop or [])
-            return result.prompt, stops
+            return self._formatter.render(messages), [self._formatter.eos_token]
         return self._turn_format.render(messages), list(self._turn_format.stop)
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
