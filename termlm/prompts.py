@@ -108,10 +108,7 @@ class Template:
 
     def sampling(self, base: SamplingParams | None = None) -> SamplingParams:
         params = base or SamplingParams()
-        changes = dict(self.defaults)
-        if "stop" in changes:
-            changes["stop"] = tuple(changes["stop"])
-        return params.with_(**changes)
+        return params.override(**self.defaults)
 
 
 def _check_defaults(data: Any, where: str) -> dict[str, Any]:

@@ -67,11 +67,9 @@ def ask(
 
     st = state(ctx)
     settings = st.settings(model=model)
-    sampling = tmpl.sampling()
-    overrides = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
-                 "seed": seed if seed is not None else settings.seed,
-                 "stop": tuple(stop) if stop else None}
-    sampling = sampling.with_(**{k: v for k, v in overrides.items() if v is not None})
+    sampling = tmpl.sampling().override(
+        temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+        seed=seed if seed is not None else settings.seed, stop=stop or None)
     system_text = system if system is not None else tmpl.system
     messages = ([Message("system", system_text)] if system_text else []) + [Message("user", user)]
     request = ChatRequest(tuple(messages), sampling)

@@ -55,9 +55,8 @@ def chat(
 
     tmpl = load_template(template or "chat")
     tmpl.render_user({"prompt": ""})  # a template that needs more than {prompt} fails now
-    sampling = tmpl.sampling()
-    flags = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens, "seed": seed}
-    sampling = sampling.with_(**{k: v for k, v in flags.items() if v is not None})
+    sampling = tmpl.sampling().override(temperature=temperature, top_p=top_p,
+                                        max_tokens=max_tokens, seed=seed)
 
     interactive = output.is_tty(sys.stdin)
     talk: list[str] = []

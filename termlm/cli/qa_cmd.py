@@ -156,9 +156,7 @@ def _task(index: Index, temperature: float | None, max_tokens: int | None, top_k
     except BaseException:
         index.close()
         raise
-    sampling = template.sampling()
-    overrides = {"temperature": temperature, "max_tokens": max_tokens}
-    sampling = sampling.with_(**{k: v for k, v in overrides.items() if v is not None})
+    sampling = template.sampling().override(temperature=temperature, max_tokens=max_tokens)
     return QaTask(index, template, sampling, top_k=top_k, min_score=min_score)
 
 

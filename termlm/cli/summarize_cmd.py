@@ -118,9 +118,8 @@ def summarize(
         raise UsageError("nothing to summarize: give FILES or pipe text on stdin",
                          hint="termlm summarize notes.md")
     tmpl = load_template("summarize")
-    sampling = tmpl.sampling().with_(max_tokens=MAX_TOKENS[length])
-    overrides = {"temperature": temperature, "max_tokens": max_tokens, "seed": seed}
-    sampling = sampling.with_(**{k: v for k, v in overrides.items() if v is not None})
+    sampling = tmpl.sampling().with_(max_tokens=MAX_TOKENS[length]).override(
+        temperature=temperature, max_tokens=max_tokens, seed=seed)
     talk = _Talk(progress if progress is not None else is_tty(sys.stderr))
     task = SummarizeTask(tmpl, load_template("summarize_reduce"), length=length, fmt=fmt,
                          sampling=sampling, progress=talk)

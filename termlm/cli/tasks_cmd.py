@@ -103,10 +103,8 @@ def batch(
     if prompt is not None and "{text}" not in user and not variables_in(user, "--prompt"):
         user = user.rstrip() + "\n\n{text}"
     schema = load_schema(json_schema) if json_schema is not None else None
-    sampling = tmpl.sampling()
-    overrides = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
-                 "seed": seed, "stop": tuple(stop) if stop else None}
-    sampling = sampling.with_(**{k: v for k, v in overrides.items() if v is not None})
+    sampling = tmpl.sampling().override(temperature=temperature, top_p=top_p,
+                                        max_tokens=max_tokens, seed=seed, stop=stop or None)
     task = GenerateTask(user=user, system=system if system is not None else tmpl.system,
                         sampling=sampling, json_schema=schema)
 

@@ -116,8 +116,7 @@ def translate(
     if output is not None:
         _check_dir(output)
     tmpl = load_template(template or "translate")
-    changes = {"temperature": temperature, "seed": seed}
-    sampling = tmpl.sampling().with_(**{k: v for k, v in changes.items() if v is not None})
+    sampling = tmpl.sampling().override(temperature=temperature, seed=seed)
     terms = load_glossary(glossary) if glossary is not None else {}
     plan = _plan(sources, output, target.code)
     st = state(ctx)

@@ -34,6 +34,14 @@ class SamplingParams:
     def with_(self, **changes: object) -> SamplingParams:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def override(self, **flags: object) -> SamplingParams:
+        """Apply command-line flags: None means "not given"; a stop list becomes a tuple."""
+        given = {k: v for k, v in flags.items() if v is not None}
+        stop = given.get("stop")
+        if isinstance(stop, (list, tuple)):
+            given["stop"] = tuple(str(s) for s in stop)
+        return self.with_(**given)
+
 
 @dataclass(frozen=True)
 class ChatRequest:
