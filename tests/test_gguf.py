@@ -7,7 +7,6 @@ import os
 import random
 import struct
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -269,17 +268,17 @@ def test_check_gguf_is_the_same_check(tmp_path: Path) -> None:
         check_gguf(path)
 
 
-def test_fast_on_a_100mb_file_with_a_big_vocabulary(tmp_path: Path) -> None:
-    """Only the header is read: a 100 MB file with a 50k vocabulary in well under 50 ms."""
+def test_a_100mb_file_with_a_big_vocabulary_keeps_only_the_header(tmp_path: Path) -> None:
+    """Only the header is parsed: the vocabulary is kept as its length, tensor data unread.
+
+    (Speed is measured by scripts/bench, not timed here: timings flake on a shared machine.)
+    """
     spec = tiny_llama_spec(vocab=50_000)
     spec.tensors.append(Tensor("big.weight", (1024, 24_000), 0))  # ~98 MB of F32
     path = write_sparse_gguf(tmp_path / "big.gguf", spec)
     assert path.stat().st_size > 98_000_000
-    best = min(_timed(path) for _ in range(3))
-    assert best < 0.05 * float(os.environ.get("TERMLM_TEST_SLOWDOWN", "1"))
-
-
-def _timed(path: Path) -> float:
-    start = time.perf_counter()
-    read_gguf(path)
-    return time.perf_counter() - start
+    header = read_gguf(path)
+    tokens = header.metadata["tokenizer.ggml.tokens"]
+    assert isinstance(tokens, GGUFArray) and tokens.length == 50_000
+    assert header.vocab_size == 50_000
+    assert header.data_offset < 2_000_000 < header.file_size
