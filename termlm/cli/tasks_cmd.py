@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -48,8 +49,11 @@ from termlm.errors import TemplateError, UsageError
 from termlm.records.types import Record
 
 
-def _args(inputs: list[str] | None, **kw: object) -> RecordArgs:
-    return RecordArgs(inputs=list(inputs or []), **kw)  # type: ignore[arg-type]
+def _args(options: dict[str, Any]) -> RecordArgs:
+    """The shared record options out of a command's parameters (its ``locals()``)."""
+    values = {f.name: options[f.name] for f in fields(RecordArgs)}
+    values["inputs"] = list(values["inputs"] or [])
+    return RecordArgs(**values)
 
 
 @handles_errors
@@ -116,11 +120,7 @@ def batch(
                 f"the prompt uses {{{missing[0]}}}, which record {record.id} does not have",
                 hint=f"record fields: {', '.join(sorted(known))}")
 
-    args = _args(inputs, glob=glob, input_format=input_format, text_field=text_field,
-                 id_field=id_field, per_file=per_file, encoding_errors=encoding_errors,
-                 output=output, output_format=output_format, resume=resume,
-                 keep_fields=keep_fields, fail_fast=fail_fast, on_overflow=on_overflow,
-                 limit=limit, dry_run=dry_run, progress=progress, parallel=parallel)
+    args = _args(locals())
     drive(state(ctx), args, model, task, ["id", "output", "finish_reason", "truncated"],
           check_first=check_first)
 
@@ -198,11 +198,7 @@ def classify(
             except OSError as exc:
                 raise UsageError(f"cannot write report {report}: {exc.strerror}") from None
 
-    args = _args(inputs, glob=glob, input_format=input_format, text_field=text_field,
-                 id_field=id_field, per_file=per_file, encoding_errors=encoding_errors,
-                 output=output, output_format=output_format, resume=resume,
-                 keep_fields=keep_fields, fail_fast=fail_fast, on_overflow=on_overflow,
-                 limit=limit, dry_run=dry_run, progress=progress, parallel=parallel)
+    args = _args(locals())
     columns = ["id", "label", "confidence", *(["labels"] if multi_label else []), "scores",
                "truncated"]
     drive(state(ctx), args, model, task, columns, on_result=on_result, after=after)
@@ -253,9 +249,5 @@ def extract(
     if max_tokens is not None:
         sampling = sampling.with_(max_tokens=max_tokens)
     task = ExtractTask(spec, tmpl, sampling)
-    args = _args(inputs, glob=glob, input_format=input_format, text_field=text_field,
-                 id_field=id_field, per_file=per_file, encoding_errors=encoding_errors,
-                 output=output, output_format=output_format, resume=resume,
-                 keep_fields=keep_fields, fail_fast=fail_fast, on_overflow=on_overflow,
-                 limit=limit, dry_run=dry_run, progress=progress, parallel=parallel)
+    args = _args(locals())
     drive(state(ctx), args, model, task, ["id", "data", "truncated"])
