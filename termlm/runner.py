@@ -201,6 +201,7 @@ class _Item:
     out: dict[str, Any] | None = None  # set when the record failed before reaching the engine
     n_tokens: int = 0
     truncated: bool = False
+    request: ChatRequest | ScoreRequest | None = None  # what went to the engine
 
 
 def _pipelined(engine: Engine, task: BatchableTask, todo: Iterator[Record],
@@ -218,14 +219,18 @@ def _pipelined(engine: Engine, task: BatchableTask, todo: Iterator[Record],
             try:
                 messages, n_tokens, truncated = prepare(engine, task, record,
                                                         options.on_overflow)
-                request = task.request(messages)
+                request = task.request(engine, messages, record)
             except TermlmError as exc:
                 items.append(_Item(record, error_record(record, exc.message)))
                 continue
-            items.append(_Item(record, None, n_tokens, truncated))
+            if isinstance(request, dict):  # answered without the model
+                items.append(_Item(record, _done_fields(record, request, n_tokens, truncated,
+                                                        options, summary, progress)))
+                continue
+            items.append(_Item(record, None, n_tokens, truncated, request))
             yield request
 
-    def flush_failed() -> bool:
+    def flush_ready() -> bool:
         while items and items[0].out is not None:
             item = items.popleft()
             assert item.out is not None
@@ -238,12 +243,12 @@ def _pipelined(engine: Engine, task: BatchableTask, todo: Iterator[Record],
                               else complete_many(engine, stream))  # type: ignore[arg-type]
     try:
         for result in results:
-            if not flush_failed():
+            if not flush_ready():
                 return
             item = items.popleft()
             if not emit(item.record, _finish(task, item, result, options, summary, progress)):
                 return
-        flush_failed()
+        flush_ready()
     finally:
         close = getattr(results, "close", None)
         if close is not None:
@@ -257,8 +262,9 @@ def _finish(task: BatchableTask, item: _Item, result: Any, options: RunOptions,
         return error_record(record, result.message)
     if isinstance(result, Exception):
         return error_record(record, f"model error: {result}")
+    assert item.request is not None
     try:
-        fields = task.finish(result, record)
+        fields = task.finish(result, record, item.request)
     except TermlmError as exc:
         return error_record(record, exc.message)
     return _done_fields(record, fields, item.n_tokens, item.truncated, options, summary,

@@ -24,6 +24,7 @@ from termlm.cli.records_opts import (
     OutputFormatOpt,
     OutputOpt,
     Overflow,
+    ParallelOpt,
     ProgressOpt,
     RecordArgs,
     ResumeOpt,
@@ -76,6 +77,7 @@ def qa(
     fail_fast: FailFastOpt = False,
     limit: LimitOpt = None,
     progress: ProgressOpt = None,
+    parallel: ParallelOpt = None,
 ) -> None:
     """Answer questions from your documents, citing [path:start-end].
 
@@ -102,14 +104,14 @@ def qa(
         raise UsageError("give --docs PATHS: the files or directories to search", hint=_USAGE)
     if "-" in paths:
         raise UsageError("--docs takes files, directories or globs, not stdin (-)")
-    if questions is None and (output is not None or resume):
-        raise UsageError("-o and --resume go with --questions FILE")
+    if questions is None and (output is not None or resume or parallel is not None):
+        raise UsageError("-o, --resume and --parallel go with --questions FILE")
     task = _task(_open_index(paths, glob, ChunkSpec(chunk_words, overlap), reindex),
                  temperature, max_tokens, top_k, min_score)
     try:
         if questions is not None:
             _batch(state(ctx), model, task, questions, output, output_format, resume,
-                   fail_fast, limit, progress)
+                   fail_fast, limit, progress, parallel)
         else:
             assert question is not None
             _one(state(ctx), model, task, question.strip(), as_json)
@@ -218,14 +220,14 @@ def _show(result: Answer, as_json: bool) -> None:
 
 def _batch(st: AppState, model: str | None, task: QaTask, questions: str, output: str | None,
            output_format: OutputFormat, resume: bool, fail_fast: bool, limit: int | None,
-           progress: bool | None) -> None:
+           progress: bool | None, parallel: int | None) -> None:
     from termlm.cli.records_opts import drive
 
     args = RecordArgs(inputs=[questions], glob=None, input_format=None, text_field="question",
                       id_field="id", per_file=False, encoding_errors=EncodingErrors.STRICT,
                       output=output, output_format=output_format, resume=resume,
                       keep_fields=False, fail_fast=fail_fast, on_overflow=Overflow.error,
-                      limit=limit, dry_run=False, progress=progress)
+                      limit=limit, dry_run=False, progress=progress, parallel=parallel)
     settings = st.settings(model=model)
     if settings.seed is not None and task.sampling.seed is None:
         task = _with_seed(task, settings.seed)

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from termlm.engine.types import ChatRequest, Engine, Message, SamplingParams
+from termlm.engine.types import ChatRequest, Completion, Engine, Message, SamplingParams, Score
 from termlm.errors import TermlmError
 from termlm.prompts import Template
 from termlm.qa.chunking import split_lines
@@ -205,12 +205,22 @@ def finish(question: str, reply: str, given: list[Passage]) -> Answer:
 # -- the task -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class QaRequest(ChatRequest):
+    """The model call for a question, with what its reply is checked against."""
+
+    question: str = ""
+    given: tuple[Passage, ...] = ()
+
+
+@dataclass(frozen=True)
 class QaTask:
-    """One question per record; implements ``termlm.tasks.base.Task``.
+    """One question per record; a ``termlm.tasks.base.BatchableTask``.
 
     ``messages`` is the prompt with no excerpts: the runner checks that the
-    question itself fits. ``run`` retrieves, fits the passages to the context
-    with the engine's own token counts, and answers.
+    question itself fits. ``request`` retrieves, fits the passages to the context
+    with the engine's own token counts, and returns the model call (or the
+    not-found answer, when nothing is relevant); ``finish`` checks the reply's
+    citations against the passages that call gave the model.
     """
 
     index: Index
@@ -219,6 +229,7 @@ class QaTask:
     top_k: int = DEFAULT_TOP_K
     min_score: float = DEFAULT_MIN_SCORE
     name: str = "qa"
+    kind: str = "complete"
 
     def messages(self, text: str, record: Record) -> tuple[Message, ...]:
         return build_messages(self.template, text.strip(), [])
@@ -229,7 +240,9 @@ class QaTask:
     def retrieve(self, question: str) -> list[Passage]:
         return retrieve(self.index, question, top_k=self.top_k, min_score=self.min_score)
 
-    def answer(self, engine: Engine, question: str, passages: list[Passage]) -> Answer:
+    def ask(self, engine: Engine, question: str, passages: list[Passage]) -> QaRequest | Answer:
+        """The model call for ``question`` over ``passages``, or the answer when there are
+        none; TermlmError when not even one passage fits the context."""
         if not passages:
             return not_found(question)
         given = fit(engine, self.template, question, passages, self.reserve(engine))
@@ -238,13 +251,29 @@ class QaTask:
                 f"not even one passage fits in the context of {engine.info.n_ctx} tokens "
                 f"with {self.reserve(engine)} kept for the answer",
                 hint="raise --ctx, or lower --max-tokens or --chunk-words")
-        done = engine.complete(ChatRequest(build_messages(self.template, question, given),
-                                           self.sampling))
-        return finish(question, done.text, given)
+        return QaRequest(build_messages(self.template, question, given), self.sampling,
+                         question=question, given=tuple(given))
 
-    def run(self, engine: Engine, messages: tuple[Message, ...],
-            record: Record) -> dict[str, Any]:
+    def answer(self, engine: Engine, question: str, passages: list[Passage]) -> Answer:
+        call = self.ask(engine, question, passages)
+        if isinstance(call, Answer):
+            return call
+        return finish(question, engine.complete(call).text, list(call.given))
+
+    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record
+                ) -> QaRequest | dict[str, Any]:
         question = (record.text or "").strip()
         if not question:
             raise RecordError("empty question")
-        return self.answer(engine, question, self.retrieve(question)).fields()
+        call = self.ask(engine, question, self.retrieve(question))
+        return call.fields() if isinstance(call, Answer) else call
+
+    def finish(self, result: Completion | list[Score], record: Record,
+               request: object = None) -> dict[str, Any]:
+        assert isinstance(result, Completion) and isinstance(request, QaRequest)
+        return finish(request.question, result.text, list(request.given)).fields()
+
+    def run(self, engine: Engine, messages: tuple[Message, ...],
+            record: Record) -> dict[str, Any]:
+        call = self.request(engine, messages, record)
+        return call if isinstance(call, dict) else self.finish(engine.complete(call), record, call)

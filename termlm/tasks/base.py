@@ -37,15 +37,19 @@ class BatchableTask(Task, Protocol):
     """A task that is one engine request per record, so the runner can batch records.
 
     ``kind`` says which engine call ``request`` is for: "complete" (a ChatRequest) or
-    "score" (a ScoreRequest). ``run`` must equal ``finish(engine call(request(...)))``.
+    "score" (a ScoreRequest). ``request`` may instead return the record's output
+    fields when it needs no model call (qa with nothing relevant to show). ``run``
+    must equal ``finish(engine call(request(...)), record, request(...))``.
     """
 
     @property
     def kind(self) -> str: ...
 
-    def request(self, messages: tuple[Message, ...]) -> ChatRequest | ScoreRequest: ...
+    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record
+                ) -> ChatRequest | ScoreRequest | dict[str, Any]: ...
 
-    def finish(self, result: Completion | list[Score], record: Record) -> dict[str, Any]: ...
+    def finish(self, result: Completion | list[Score], record: Record,
+               request: ChatRequest | ScoreRequest) -> dict[str, Any]: ...
 
 
 def record_values(text: str, record: Record) -> dict[str, str]:

@@ -139,11 +139,13 @@ class ClassifyTask:
     def kind(self) -> str:
         return "score"
 
-    def request(self, messages: tuple[Message, ...]) -> ScoreRequest:
+    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record
+                ) -> ScoreRequest:
         names = tuple(label.name for label in self.labels)
         return ScoreRequest(messages, names, terminate=self.needs_end)
 
-    def finish(self, result: Completion | list[Score], record: Record) -> dict[str, Any]:
+    def finish(self, result: Completion | list[Score], record: Record,
+               request: object = None) -> dict[str, Any]:
         assert isinstance(result, list)
         names = tuple(label.name for label in self.labels)
         probs = softmax([s.logprob for s in result])
@@ -157,4 +159,4 @@ class ClassifyTask:
 
     def run(self, engine: Engine, messages: tuple[Message, ...],
             record: Record) -> dict[str, Any]:
-        return self.finish(engine.score(self.request(messages)), record)
+        return self.finish(engine.score(self.request(engine, messages, record)), record)

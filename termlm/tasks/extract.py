@@ -33,13 +33,15 @@ class ExtractTask:
     def kind(self) -> str:
         return "complete"
 
-    def request(self, messages: tuple[Message, ...]) -> ChatRequest:
+    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record
+                ) -> ChatRequest:
         return ChatRequest(messages, self.sampling, json_schema=self.schema)
 
-    def finish(self, result: Completion | list[Score], record: Record) -> dict[str, Any]:
+    def finish(self, result: Completion | list[Score], record: Record,
+               request: object = None) -> dict[str, Any]:
         assert isinstance(result, Completion)
         return {"data": parse_json_reply(result, self.schema)}
 
     def run(self, engine: Engine, messages: tuple[Message, ...],
             record: Record) -> dict[str, Any]:
-        return self.finish(engine.complete(self.request(messages)), record)
+        return self.finish(engine.complete(self.request(engine, messages, record)), record)

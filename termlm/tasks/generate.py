@@ -37,10 +37,12 @@ class GenerateTask:
     def kind(self) -> str:
         return "complete"
 
-    def request(self, messages: tuple[Message, ...]) -> ChatRequest:
+    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record
+                ) -> ChatRequest:
         return ChatRequest(messages, self.sampling, json_schema=self.json_schema)
 
-    def finish(self, result: Completion | list[Score], record: Record) -> dict[str, Any]:
+    def finish(self, result: Completion | list[Score], record: Record,
+               request: object = None) -> dict[str, Any]:
         assert isinstance(result, Completion)
         if self.json_schema is None:
             return {"output": result.text.strip(), "finish_reason": result.finish_reason}
@@ -48,7 +50,7 @@ class GenerateTask:
 
     def run(self, engine: Engine, messages: tuple[Message, ...],
             record: Record) -> dict[str, Any]:
-        return self.finish(engine.complete(self.request(messages)), record)
+        return self.finish(engine.complete(self.request(engine, messages, record)), record)
 
 
 def parse_json_reply(result: Completion, schema: dict[str, Any]) -> Any:
