@@ -23,7 +23,7 @@ from termlm.engine.types import (
     Score,
     ScoreRequest,
 )
-from termlm.errors import ContextOverflow
+from termlm.errors import ContextOverflow, EngineError
 
 pytestmark = pytest.mark.model
 
@@ -126,6 +126,43 @@ def test_complete_many_order_budgets_and_overflow(four: BatchedEngine) -> None:
             assert result.usage.completion_tokens == request.sampling.max_tokens
     again = list(four.complete_many(requests))  # same requests, same parallel: same bits
     assert [r.text for r in again if isinstance(r, Completion)] == [r.text for r in done]
+
+
+def test_complete_each_routes_results_and_lets_the_caller_wait(four: BatchedEngine) -> None:
+    """Chains of two calls, the second asked only once the first is back (None = wait):
+    each result comes back with its request's index, and prompt lengths prove which."""
+    sent: list[ChatRequest] = []
+    back: dict[int, Completion | Exception] = {}
+    seconds: list[int] = []
+
+    def requests() -> Iterator[ChatRequest | None]:
+        for phrase in PHRASES[:6]:
+            sent.append(ask(f"Repeat exactly this phrase: {phrase}", GREEDY.with_(max_tokens=6)))
+            yield sent[-1]
+        while len(back) < 12:
+            firsts = [i for i in back if i < 6 and i not in seconds]
+            if not firsts:
+                yield None
+                continue
+            seconds.append(firsts[0])
+            sent.append(ask("And once more, louder: " + PHRASES[firsts[0]] + "!" * len(sent),
+                            GREEDY.with_(max_tokens=6)))
+            yield sent[-1]
+
+    for index, result in four.complete_each(requests()):
+        assert index not in back
+        back[index] = result
+    assert sorted(back) == list(range(12))
+    for index, result in back.items():
+        assert isinstance(result, Completion)
+        assert result.usage.prompt_tokens == four.count_prompt_tokens(sent[index].messages)
+
+    def stuck() -> Iterator[ChatRequest | None]:
+        yield None
+
+    with pytest.raises(EngineError):
+        list(four.complete_each(stuck()))
+    assert isinstance(four.complete(ask("Say hi.")), Completion)  # still usable
 
 
 def test_batch_results_match_requests_run_alone(four: BatchedEngine) -> None:

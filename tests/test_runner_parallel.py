@@ -45,6 +45,32 @@ class FakeBatching(FakeEngine):
                 else:
                     yield self.complete(request)
 
+    def complete_each(self, requests: Iterable[ChatRequest | None]
+                      ) -> Iterator[tuple[int, Completion | Exception]]:
+        """Takes up to `parallel` requests (fewer when the caller waits), then hands their
+        results back last first, as slots that finish out of order would."""
+        it = iter(requests)
+        index = 0
+        while True:
+            window: list[tuple[int, ChatRequest]] = []
+            for request in it:
+                if request is None:
+                    if not window:
+                        raise RuntimeError("waits with nothing in flight")
+                    break
+                window.append((index, request))
+                index += 1
+                if len(window) == self.parallel:
+                    break
+            if not window:
+                return
+            self.max_in_flight = max(self.max_in_flight, len(window))
+            for i, request in reversed(window):
+                if "BOOM" in request.messages[-1].content:
+                    yield i, ContextOverflow(9999, self.info.n_ctx)
+                else:
+                    yield i, self.complete(request)
+
     def score_many(self, requests: Iterable[ScoreRequest]) -> Iterator[list[Score] | Exception]:
         it = iter(requests)
         while True:

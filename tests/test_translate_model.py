@@ -29,14 +29,16 @@ def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600, check=False, env=env)
 
 
-def test_translate_markdown_keeps_front_matter_code_and_urls(tmp_path: Path) -> None:
+@pytest.mark.parametrize("parallel", ["1", "3"])
+def test_translate_markdown_keeps_front_matter_code_and_urls(tmp_path: Path,
+                                                             parallel: str) -> None:
     env = {**os.environ, "TERMLM_MODELS_DIR": str(paths.models_dir()),
            "TERMLM_CACHE_DIR": str(tmp_path / "cache")}
     pulled = run("models", "pull", "smollm2", env=env)
     assert pulled.returncode == 0, pulled.stderr
     source = tmp_path / "guide.md"
     source.write_text(DOC, encoding="utf-8")
-    result = run("translate", "--to", "French", str(source), env=env)
+    result = run("translate", "--to", "French", "--parallel", parallel, str(source), env=env)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith(FRONT)

@@ -80,6 +80,10 @@ def translate(
     progress: Annotated[bool | None, typer.Option(
         "--progress/--no-progress", help="Progress on stderr (default: when stderr is a "
         "terminal).", show_default=False)] = None,
+    parallel: Annotated[int | None, typer.Option(
+        "--parallel", "-P", min=1, help="Stretches of a document translated at once (default: "
+        "chosen from the context size; 1 = in order, every unit with the one before it as "
+        "context).", show_default=False)] = None,
     template: TemplateOpt = None,
     model: ModelOpt = None,
     temperature: TemperatureOpt = None,
@@ -120,7 +124,7 @@ def translate(
     terms = load_glossary(glossary) if glossary is not None else {}
     plan = _plan(sources, output, target.code)
     st = state(ctx)
-    engine = st.open_engine(st.settings(model=model))
+    engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
     cache = None if no_cache else SqliteCache(cache_dir() / "translate" / "cache.sqlite3")
     try:
         model_id = f"{engine.info.name}|{os.path.basename(engine.info.path)}"

@@ -221,6 +221,12 @@ class InOrder(Generic[T]):
             self.next += 1
         return ready
 
+    def pop_all(self) -> list[tuple[int, T]]:
+        """Everything collected, in any order, with its index (order is then not kept)."""
+        out = list(self._done.items())
+        self._done.clear()
+        return out
+
     def __len__(self) -> int:
         return len(self._done)
 

@@ -78,6 +78,7 @@ _LABEL_OUTPUTS = 64  # continuation tokens per scoring batch (each gets a row of
 
 Pending = Chat | Failed
 T = TypeVar("T")
+_END: Any = object()  # the end of an iterator, for next(it, _END)
 
 
 def _or_failed(index: int, prepare: Callable[[], T]) -> T | Failed:
@@ -176,9 +177,17 @@ class BatchedEngine:
 
     # -- BatchingEngine protocol --------------------------------------------
     def complete_many(self, requests: Iterable[ChatRequest]) -> Iterator[Completion | Exception]:
-        items = (self._prepare_or_fail(i, r) for i, r in enumerate(requests))
+        for _index, result in self._results(requests, ordered=True):
+            yield result
+
+    def complete_each(self, requests: Iterable[ChatRequest | None]
+                      ) -> Iterator[tuple[int, Completion | Exception]]:
+        return self._results(requests, ordered=False)
+
+    def _results(self, requests: Iterable[ChatRequest | None], *, ordered: bool
+                 ) -> Iterator[tuple[int, Completion | Exception]]:
         # one slot: run them as stream() does, each reusing what the last one left
-        run = self._generate(items, keep=self.parallel == 1)
+        run = self._generate(self._items(requests), keep=self.parallel == 1, ordered=ordered)
         try:
             for event in run:
                 if not isinstance(event, Delta):
@@ -206,8 +215,16 @@ class BatchedEngine:
         return Chat(index, tokens, list(request.sampling.stop) + stops, request.sampling, gbnf,
                     seed)
 
-    def _prepare_or_fail(self, index: int, request: ChatRequest) -> Pending:
-        return _or_failed(index, lambda: self._prepare(index, request, derive_seed=True))
+    def _items(self, requests: Iterable[ChatRequest | None]) -> Iterator[Pending | None]:
+        """Each request prepared (or failed), numbered; None passes through (wait)."""
+        index = 0
+        for request in requests:
+            if request is None:
+                yield None
+                continue
+            yield _or_failed(index, lambda i=index, r=request: self._prepare(  # type: ignore[misc]
+                i, r, derive_seed=True))
+            index += 1
 
     def _prepare_score(self, index: int, request: ScoreRequest) -> ScoreItem | Failed:
         def prepare() -> ScoreItem:
@@ -285,39 +302,55 @@ class BatchedEngine:
         run = self._generate(iter([chat]), keep=True)
         try:
             for event in run:
-                if isinstance(event, Exception):  # pragma: no cover - prepared already
-                    raise event
-                yield event
+                if isinstance(event, Delta):
+                    yield event
+                    continue
+                result = event[1]
+                if isinstance(result, Exception):  # pragma: no cover - prepared already
+                    raise result
+                yield result
         finally:
             run.close()
 
-    def _generate(self, items: Iterator[Pending], *, keep: bool
-                  ) -> Generator[Delta | Completion | Exception, None, None]:
-        """Run chat requests through the slots; results in request order.
+    def _generate(self, items: Iterator[Pending | None], *, keep: bool, ordered: bool = True
+                  ) -> Generator[Delta | tuple[int, Completion | Exception], None, None]:
+        """Run chat requests through the slots; (index, result) pairs.
 
-        ``keep`` (stream, and everything at parallel 1): requests run one by one in
-        slot 0, which reuses and then keeps its tokens, as Llama does; Deltas are
-        yielded as text arrives.
+        ``ordered``: results in request order; otherwise as they finish. ``keep``
+        (stream, and everything at parallel 1): requests run one by one in slot 0,
+        which reuses and then keeps its tokens, as Llama does; Deltas are yielded as
+        text arrives. A None from ``items`` means the caller has nothing to send
+        until it gets another result: no more is pulled until one is yielded.
         """
         self._enter()
         native = self._native
         active: list[GenJob] = []
         free = list(range(self.parallel - 1, -1, -1))
         order: InOrder[Completion | Exception] = InOrder()
-        ahead: deque[Pending] = deque()
+        ahead: deque[Chat | Failed] = deque()
         window = 4 * self.parallel  # how far admission may run ahead of the oldest result
-        exhausted = failed = False
+        exhausted = waiting = failed = False
+
+        def ready() -> list[tuple[int, Completion | Exception]]:
+            nonlocal waiting
+            first = order.next
+            out = list(enumerate(order.pop_ready(), first)) if ordered else order.pop_all()
+            waiting = waiting and not out
+            return out
+
         try:
             if not keep:
                 self._drop_kept()
             while True:
-                while not exhausted and len(ahead) < self.parallel + 2:
-                    item = next(items, None)
-                    if item is None:
+                while not exhausted and not waiting and len(ahead) < self.parallel + 2:
+                    item = next(items, _END)
+                    if item is _END:
                         exhausted = True
+                    elif item is None:
+                        waiting = True
                     else:
                         ahead.append(item)
-                while ahead and free and ahead[0].index < order.next + window:
+                while ahead and free and (not ordered or ahead[0].index < order.next + window):
                     head = ahead[0]
                     if isinstance(head, Failed):
                         order.put(head.index, head.error)
@@ -340,11 +373,14 @@ class BatchedEngine:
                     except BaseException:
                         native.free_sampler(sampler)
                         raise
-                yield from order.pop_ready()
+                yield from ready()
                 if not active:
                     if exhausted and not ahead:
                         return
-                    if ahead and free and ahead[0].index < order.next + window:
+                    if waiting and not ahead:
+                        raise EngineError("internal: the requests wait for a result, but none "
+                                          "is in flight")
+                    if ahead and free and (not ordered or ahead[0].index < order.next + window):
                         raise EngineError("internal: a request could not be scheduled")
                     continue
                 finished = self._step(active)
@@ -356,7 +392,7 @@ class BatchedEngine:
                         for piece in job.fresh:
                             yield Delta(piece)
                         job.fresh.clear()
-                yield from order.pop_ready()
+                yield from ready()
         except GeneratorExit:  # the consumer stopped early: let the slots go in order
             raise
         except BaseException:

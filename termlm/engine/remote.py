@@ -205,12 +205,19 @@ class RemoteEngine:
     def complete_many(self, requests: Iterable[ChatRequest]) -> Iterator[Completion | Exception]:
         return self._ordered(requests, self.complete)
 
+    def complete_each(self, requests: Iterable[ChatRequest | None]
+                      ) -> Iterator[tuple[int, Completion | Exception]]:
+        return enumerate(self._ordered(requests, self.complete))  # in order is one valid order
+
     def score_many(self, requests: Iterable[ScoreRequest]) -> Iterator[list[Score] | Exception]:
         return self._ordered(requests, self.score)
 
-    def _ordered(self, requests: Iterable[R], call: Callable[[R], T]) -> Iterator[T | Exception]:
+    def _ordered(self, requests: Iterable[R | None], call: Callable[[R], T]
+                 ) -> Iterator[T | Exception]:
         """``parallel`` calls in flight, requests pulled at most 2 x parallel ahead of the
-        results, results in request order; a failed call yields its error in its place."""
+        results, results in request order; a failed call yields its error in its place.
+        A None from ``requests`` (nothing to send yet) stops the pulling until a result
+        has been handed back."""
         cancel = threading.Event()
 
         def run(request: R) -> T | Exception:
@@ -236,6 +243,11 @@ class RemoteEngine:
                     except StopIteration:
                         exhausted = True
                     else:
+                        if request is None:
+                            if not pending:
+                                raise EngineError("internal: the requests wait for a result, "
+                                                  "but none is in flight")
+                            break
                         pending.append(pool.submit(run, request))
                 if not pending:
                     return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -200,6 +200,16 @@ class BatchingEngine(Protocol):
     def complete_many(self, requests: Iterable[ChatRequest]) -> Iterator[Completion | Exception]:
         ...
 
+    def complete_each(self, requests: Iterable[ChatRequest | None]
+                      ) -> Iterator[tuple[int, Completion | Exception]]:
+        """(request index, result) pairs, as the results are ready (in any order).
+
+        A None in ``requests`` means the caller has nothing to send until it has
+        another result: the engine pulls no more until it has yielded one. Indexes
+        count the requests only, not the Nones.
+        """
+        ...
+
     def score_many(self, requests: Iterable[ScoreRequest]) -> Iterator[list[Score] | Exception]:
         ...
 
@@ -215,6 +225,22 @@ def complete_many(engine: Engine, requests: Iterable[ChatRequest]
             yield engine.complete(request)
         except Exception as exc:
             yield exc
+
+
+def complete_each(engine: Engine, requests: Iterable[ChatRequest | None]
+                  ) -> Generator[tuple[int, Completion | Exception], None, None]:
+    """``BatchingEngine.complete_each`` on any engine (one by one when it cannot batch)."""
+    if isinstance(engine, BatchingEngine) and engine.parallel > 1:
+        yield from engine.complete_each(requests)
+        return
+    for index, request in enumerate(requests):
+        if request is None:  # every earlier result has been handed back already
+            raise RuntimeError("the requests wait for a result, but none is in flight")
+        try:
+            result: Completion | Exception = engine.complete(request)
+        except Exception as exc:
+            result = exc
+        yield index, result
 
 
 def score_many(engine: Engine, requests: Iterable[ScoreRequest]

@@ -5,8 +5,11 @@ is one request, with the unit before it as a prior exchange so that terms stay
 consistent. A unit too long for the context is cut at sentence ends, then at
 whitespace, then anywhere. Every reply is checked: numbers, URLs, inline code
 and placeholders of the source must come back, and so must kept spans. A reply
-that fails is retried once with the missing pieces named; then it is a warning
-(or, with ``strict``, a :class:`TranslateError`). Replies that pass are cached.
+that fails is retried once with the missing pieces named (a reply that merely
+repeats the previous translation is retried without the prior exchange); then
+it is a warning (or, with ``strict``, a :class:`TranslateError`). Replies that
+pass are cached. ``Translator`` can run several stretches of a document side by
+side (``termlm.chains``), each a chain of units with their prior exchanges.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from termlm.engine.types import ChatRequest, Engine, Message, SamplingParams
+from termlm.chains import Chain, run_chains, stretches
+from termlm.engine.types import BatchingEngine, ChatRequest, Engine, Message, SamplingParams
 from termlm.errors import InputError, TermlmError, UsageError
 from termlm.prompts import Template
 from termlm.segment import Mode, Segment, segment, split_long, url_end
@@ -226,15 +230,35 @@ def units(segments: list[Segment]) -> Iterator[str | list[Segment]]:
         yield group
 
 
+@dataclass
+class _Thread:
+    """One stretch of a document being translated: the exchange before the unit at hand."""
+
+    previous: tuple[str, str] | None = None
+    unit: int = 0  # the unit's number in the document
+    where: str = ""
+
+
 class Translator:
-    def __init__(self, engine: Engine, spec: Spec, cache: Cache | None = None) -> None:
+    """Translates documents unit by unit; ``parallel`` stretches of a document at once.
+
+    Each unit is sent with the unit before it (and its translation) as a prior
+    exchange, so a stretch is a chain of dependent calls. With ``parallel`` > 1
+    (default: the engine's slots) a document is cut into that many consecutive
+    stretches of about equal length, translated side by side; only the first unit
+    of each stretch goes without the exchange before it.
+    """
+
+    def __init__(self, engine: Engine, spec: Spec, cache: Cache | None = None,
+                 parallel: int | None = None) -> None:
         self.engine = engine
         self.spec = spec
         self.cache = cache
         self.n_ctx = engine.info.n_ctx
-        self._previous: tuple[str, str] | None = None
+        slots = engine.parallel if isinstance(engine, BatchingEngine) else 1
+        self.parallel = max(1, parallel or slots)
         self._result = DocResult("")
-        self._where = ""
+        self._warnings: list[tuple[int, str]] = []
         self._markdown = False
         if not self._fits("x"):
             raise TermlmError(f"the context window of {self.n_ctx} tokens is too small for "
@@ -243,47 +267,67 @@ class Translator:
     def document(self, text: str, mode: Mode,
                  progress: Callable[[int, int], None] | None = None) -> DocResult:
         """Translate ``text``; raises TranslateError on a failed unit when strict."""
-        self._result, self._previous, self._markdown = DocResult(""), None, mode == "markdown"
-        parts = list(units(segment(text, mode)))
-        todo = [p for p in parts if not isinstance(p, str) and _needs(p)]
+        self._result, self._markdown = DocResult(""), mode == "markdown"
+        self._warnings = []
         out: list[str] = []
+        todo: list[tuple[int, list[Segment], str]] = []  # (place in out, unit, where)
         line = 1
-        for part in parts:
+        for part in units(segment(text, mode)):
             raw = part if isinstance(part, str) else "".join(s.text for s in part)
-            if isinstance(part, str) or not _needs(part):
-                out.append(raw)
-            else:
-                self._result.units += 1
-                self._where = f"segment {self._result.units} (line {line})"
-                out.append(self._unit(part))
-                if progress is not None:
-                    progress(self._result.units, len(todo))
+            if not isinstance(part, str) and _needs(part):
+                todo.append((len(out), part, f"segment {len(todo) + 1} (line {line})"))
+            out.append(raw)
             line += raw.count("\n")
+        self._result.units = len(todo)
+        finished = 0
+
+        def stretch(first: int, run: list[tuple[int, list[Segment], str]]) -> Chain[None]:
+            nonlocal finished
+            thread = _Thread()
+            for number, (at, unit, where) in enumerate(run, first):
+                thread.unit, thread.where = number, where
+                out[at] = yield from self._unit(thread, unit)
+                finished += 1
+                if progress is not None:
+                    progress(finished, len(todo))
+
+        runs = stretches(todo, self.parallel, lambda job: len(_source(job[1])))
+        starts = [sum(len(r) for r in runs[:i]) for i in range(len(runs))]
+        run_chains(self.engine, [stretch(s, r) for s, r in zip(starts, runs, strict=True)])
+        self._result.warnings = [w for _n, w in sorted(self._warnings, key=lambda w: w[0])]
         self._result.text = "".join(out)
         return self._result
 
     # -- one unit ---------------------------------------------------------------
 
-    def _unit(self, unit: list[Segment]) -> str:
+    def _unit(self, thread: _Thread, unit: list[Segment]) -> Chain[str]:
         raw = "".join(s.text for s in unit)
         if not _needs(unit):
             return raw
         source = _source(unit)
         if not self._fits(source):
-            return "".join(p if isinstance(p, str) else self._unit(p) for p in self._pack(unit))
+            return (yield from self._parts(thread, self._pack(unit)))
         lead, trail = source[: len(source) - len(source.lstrip())], source[len(source.rstrip()):]
         core = source.strip()
         kept = [s.text for s in unit if s.kind == "inline"]
-        reply, lost, usable = self._translate(core, kept)
+        reply, lost, usable = yield from self._translate(thread, core, kept)
         if lost:
             if any(reply.count(span) < core.count(span) for span in kept):
-                self._problem(lost, "translated the text around the kept parts instead")
-                return "".join(self._unit([s]) if s.kind == "text" else s.text for s in unit)
+                self._problem(thread, lost, "translated the text around the kept parts instead")
+                return (yield from self._parts(
+                    thread, [[s] if s.kind == "text" else s.text for s in unit]))
             if not usable:
-                self._problem(lost, "kept the original text")
+                self._problem(thread, lost, "kept the original text")
                 return raw
-            self._problem(lost, "kept the translation")
+            self._problem(thread, lost, "kept the translation")
         return lead + _rebuild(unit, reply, self._markdown) + trail
+
+    def _parts(self, thread: _Thread, parts: list[str | list[Segment]]) -> Chain[str]:
+        """Kept strings as they are, and each list of segments translated as a unit."""
+        out: list[str] = []
+        for part in parts:
+            out.append(part if isinstance(part, str) else (yield from self._unit(thread, part)))
+        return "".join(out)
 
     def _pack(self, unit: list[Segment]) -> list[str | list[Segment]]:
         """Runs of consecutive segments that each fit the context, and breaks between
@@ -316,47 +360,51 @@ class Translator:
         flush()
         return parts
 
-    def _problem(self, lost: list[str], outcome: str) -> None:
+    def _problem(self, thread: _Thread, lost: list[str], outcome: str) -> None:
         shown = ", ".join(x if x.startswith("(") else repr(x) for x in lost[:5])
         more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
-        message = f"{self._where}: the translation lost {shown}{more}"
+        message = f"{thread.where}: the translation lost {shown}{more}"
         if self.spec.strict:
             raise TranslateError(message + " (--strict)")
-        self._result.warnings.append(f"{message}; {outcome}")
+        self._warnings.append((thread.unit, f"{message}; {outcome}"))
 
     # -- one request --------------------------------------------------------------
 
-    def _translate(self, text: str, kept: Sequence[str]) -> tuple[str, list[str], bool]:
+    def _translate(self, thread: _Thread, text: str, kept: Sequence[str]
+                   ) -> Chain[tuple[str, list[str], bool]]:
         """(reply, what it lost, whether it is usable at all); passing replies are cached."""
         key = self._key(text)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
             self._result.cached += 1
-            self._previous = (text, hit)
+            thread.previous = (text, hit)
             return hit, [], True
         reply = ""
         lost: list[str] = []
         flags: list[str] = []
         n_tokens = self.engine.count_tokens(text)
         for _attempt in range(2):
-            context = self._previous if self._previous and self._fits(text, self._previous) \
-                else None
+            context = thread.previous if thread.previous and self._fits(text, thread.previous) \
+                and "(a copy of the previous translation)" not in flags else None
             messages = self._messages(text, context, lost)
             room = self.n_ctx - self.engine.count_prompt_tokens(messages)
             limit = max(1, min(room, self.spec.sampling.max_tokens, 4 * n_tokens + 64))
             # a unit never holds a blank line: one in the reply means the model moved on
             stop = (*self.spec.sampling.stop, "\n\n")
-            completion = self.engine.complete(
-                ChatRequest(messages, self.spec.sampling.with_(max_tokens=limit, stop=stop)))
+            completion = yield ChatRequest(
+                messages, self.spec.sampling.with_(max_tokens=limit, stop=stop))
             reply = _clean(completion.text, text)
             lost = missing(text, reply, kept)
             flags = ["(the reply was cut off)"] if completion.finish_reason != "stop" else []
             if not reply:
                 flags = ["(an empty reply)"]
+            elif context is not None and _same(reply, context[1]) and not _same(text, context[0]):
+                flags = ["(a copy of the previous translation)"]  # small models echo the
+                lost = []  # prior exchange: ask again without it
             if not lost and not flags:
                 if self.cache is not None:
                     self.cache.put(key, reply)
-                self._previous = (text, reply)
+                thread.previous = (text, reply)
                 return reply, [], True
         return reply, [*lost, *flags], not flags
 
@@ -399,6 +447,11 @@ class Translator:
 def _source(unit: list[Segment]) -> str:
     """What the model sees for a unit: its text and kept spans, breaks as newlines."""
     return "".join("\n" if s.kind == "break" else s.text for s in unit)
+
+
+def _same(a: str, b: str) -> bool:
+    """Equal but for case and spacing."""
+    return " ".join(a.lower().split()) == " ".join(b.lower().split())
 
 
 def _needs(unit: list[Segment]) -> bool:
