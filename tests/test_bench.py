@@ -55,3 +55,27 @@ def test_bench_llama_server_row_with_a_stand_in_server(tmp_path: Path) -> None:
     assert "vs llama-server, 2 slots and clients" in proc.stdout
     data = json.loads(out.read_text())
     assert data["translate"]["llama_server"]["requests_per_s"] > 0
+
+
+def test_bench_llama_bench_row_with_a_stand_in(tmp_path: Path) -> None:
+    """LLAMA_BENCH is called as llama-bench (-m -t -p 0 -n N -r 1 -o json) and its avg_ts
+    becomes the single-stream ceiling row."""
+    shim = tmp_path / "llama-bench"
+    shim.write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, sys\n"
+        "args = sys.argv[1:]\n"
+        "assert args[args.index('-p') + 1] == '0' and args[args.index('-o') + 1] == 'json'\n"
+        "assert args[args.index('-n') + 1] == '8', args\n"
+        "print(json.dumps([{'n_gen': 8, 'avg_ts': 1000.0}]))\n")
+    shim.chmod(0o755)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--cases",
+                           "generate", "--records", "4", "--repeat", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "LLAMA_BENCH": str(shim)})
+    assert proc.returncode == 0, proc.stderr
+    assert "vs llama-bench tg8, the ceiling" in proc.stdout
+    data = json.loads(out.read_text())["generate"]
+    assert data["llama_bench_tok_per_s"] == 1000.0
+    assert data["termlm_vs_llama_bench"] == round(data["termlm_tok_per_s"] / 1000.0, 2)
