@@ -238,6 +238,9 @@ def test_a_batching_engine_gets_the_parts_at_once() -> None:
             self.batches.append(len(todo))
             return iter([self.complete(r) for r in todo])
 
+        def complete_each(self, requests: Iterable[Any]) -> Iterator[Any]:
+            raise NotImplementedError  # summarize needs no chains
+
         def score_many(self, requests: Iterable[Any]) -> Iterator[Any]:
             raise NotImplementedError
 

@@ -130,7 +130,7 @@ def translate(
         model_id = f"{engine.info.name}|{os.path.basename(engine.info.path)}"
         spec = Spec(target=target, source=source_lang, template=tmpl, sampling=sampling,
                     model_id=model_id, glossary=terms, strict=strict)
-        translator = Translator(engine, spec, cache)
+        translator = Translator(engine, spec, cache, parallel)
         show = progress if progress is not None else _stderr_tty()
         code = _run(translator, plan, fmt, line_mode, show)
     finally:
