@@ -116,10 +116,12 @@ class FakeServer:
                             not (isinstance(reply.body, dict) and "data" in reply.body):
                         reply = Reply(body={"data": [{"id": "fake-model"}]})
                     time.sleep(reply.delay_s)
-                    self._send(reply)
                 finally:
+                    # counted out before the reply goes: once the client has it, it may send
+                    # its next request, which must not find this one still counted
                     with server._lock:
                         server.in_flight -= 1
+                self._send(reply)
 
             def _send(self, reply: Reply) -> None:
                 self.send_response(reply.status)
