@@ -23,6 +23,7 @@ class Settings:
     n_ctx: int = DEFAULT_CTX_CAP  # capped by the model's trained context
     threads: int | None = None  # None: llama.cpp's choice (physical cores)
     n_gpu_layers: int | str = "auto"  # "auto": all layers when the build can offload
+    flash_attn: str = "auto"  # "auto" (llama.cpp's default: on where supported), "on", "off"
     seed: int | None = None
     offline: bool = False
     models: dict[str, str] = field(default_factory=dict)  # local aliases: name -> path
@@ -78,6 +79,13 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
         return _parse_int(key, value, where, minimum=-1)
+    if key == "flash_attn":
+        if isinstance(value, bool):  # YAML reads a bare on/off as a boolean
+            return "on" if value else "off"
+        text = str(value).strip().lower()
+        if text not in ("auto", "on", "off"):
+            raise ConfigError(f"{where}: flash_attn must be auto, on or off, not {value!r}")
+        return text
     if key == "parallel":
         return None if value is None else _parse_int(key, value, where, minimum=1)
     if key == "concurrency":
@@ -138,6 +146,7 @@ _ENV = {
     "n_ctx": "TERMLM_CTX",
     "threads": "TERMLM_THREADS",
     "n_gpu_layers": "TERMLM_GPU_LAYERS",
+    "flash_attn": "TERMLM_FLASH_ATTN",
     "seed": "TERMLM_SEED",
     "offline": "TERMLM_OFFLINE",
     "parallel": "TERMLM_PARALLEL",

@@ -249,9 +249,11 @@ def _close(got: list[Score], expected: list[Score], tolerance: float) -> None:
     assert [s.continuation for s in got] == [s.continuation for s in expected]
     assert [s.n_tokens for s in got] == [s.n_tokens for s in expected]
     # Label tokens go through llama.cpp in one batch here, one by one in LlamaEngine:
-    # the rounding differs a little per token, which adds up on long unlikely labels.
+    # the rounding differs a little per token (more with flash attention, whose CPU
+    # kernel accumulates in f16), which adds up on long unlikely labels: up to ~6% of
+    # a -9 log-probability. A slot mix-up would be off by far more, and change _best.
     assert [s.logprob for s in got] == pytest.approx([s.logprob for s in expected],
-                                                     abs=tolerance, rel=0.02)
+                                                     abs=tolerance, rel=0.07)
 
 
 def _best(scores: list[Score]) -> str:
@@ -263,7 +265,7 @@ def test_score_many_matches_llama_engine(one: BatchedEngine, four: BatchedEngine
     expected = [llama.score(r) for r in SCORING]
     requests = [*SCORING[:2], ScoreRequest((Message("user", "word " * 3000),), ("a",)),
                 *SCORING[2:]]
-    for engine, tolerance in ((one, 0.2), (four, 0.2)):
+    for engine, tolerance in ((one, 0.3), (four, 0.3)):
         results = list(engine.score_many(requests))
         assert isinstance(results[2], ContextOverflow)
         del results[2]

@@ -47,12 +47,26 @@ def test_flags_beat_env_beat_file(monkeypatch: pytest.MonkeyPatch) -> None:
         ("- a\n- b\n", "must be a mapping"),
         ("models: [a]\n", "models must map names"),
         ("n_ctx: 10\n", "at least 64"),
+        ("flash_attn: sometimes\n", "flash_attn must be auto, on or off"),
     ],
 )
 def test_bad_config_files(text: str, message: str) -> None:
     path = _write_config(text)
     with pytest.raises(ConfigError, match=message):
         read_config_file(path)
+
+
+def test_flash_attention_setting(monkeypatch: pytest.MonkeyPatch, cli: Cli) -> None:
+    assert load_settings().flash_attn == "auto"
+    _write_config("flash_attn: off\n")  # YAML's boolean off
+    assert load_settings().flash_attn == "off"
+    monkeypatch.setenv("TERMLM_FLASH_ATTN", "ON")
+    assert load_settings().flash_attn == "on"
+    assert load_settings({"flash_attn": "auto"}).flash_attn == "auto"
+    cli("--flash-attn", "off", "ask", "hi")
+    assert cli.settings_seen[-1].flash_attn == "off"  # type: ignore[attr-defined]
+    bad = cli("--flash-attn", "fast", "ask", "hi")
+    assert bad.exit_code != 0 and "flash_attn must be auto, on or off" in bad.stderr
 
 
 def test_bad_env_value(monkeypatch: pytest.MonkeyPatch) -> None:

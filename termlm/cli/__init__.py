@@ -42,6 +42,9 @@ def _root(
     gpu_layers: Annotated[str | None, typer.Option(
         "--gpu-layers", help="Layers to offload to the GPU: a number, or 'auto' (all, when "
         "the build supports it).", show_default=False)] = None,
+    flash_attn: Annotated[str | None, typer.Option(
+        "--flash-attn", help="llama.cpp's flash attention: auto (on where the backend has it, "
+        "the default), on or off.", show_default=False)] = None,
     engine: Annotated[str | None, typer.Option(
         "--engine", help="llama (in-process, the default) or openai (an OpenAI-compatible "
         "server: llama-server, vLLM, Ollama, LM Studio).", show_default=False)] = None,
@@ -60,6 +63,7 @@ def _root(
     st = state(ctx)
     st.verbose = st.verbose or verbose
     flags = {"n_ctx": ctx_size, "threads": threads, "n_gpu_layers": gpu_layers,
+             "flash_attn": flash_attn,
              "engine": engine, "base_url": base_url, "api_key_env": api_key_env,
              "concurrency": concurrency}
     if offline:

@@ -107,7 +107,7 @@ class BatchedEngine:
         seed: int | None = None,
         turn_format: TurnFormat | None = None,
         notify: Any = None,
-        flash_attn: bool = False,
+        flash_attn: str = "auto",
     ) -> None:
         started = time.perf_counter()
         if parallel < 1:

@@ -65,6 +65,7 @@ class LlamaEngine:
         seed: int | None = None,
         turn_format: TurnFormat | None = None,
         notify: Any = None,
+        flash_attn: bool = True,
     ) -> None:
         started = time.perf_counter()
         llama_cpp = package()
@@ -79,6 +80,7 @@ class LlamaEngine:
                 n_threads_batch=threads,
                 n_gpu_layers=resolve_gpu_layers(n_gpu_layers),
                 seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED,
+                flash_attn=flash_attn,  # as BatchedEngine's "auto" resolves on the CPU
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:

@@ -361,7 +361,7 @@ class NativeContext:
     """
 
     def __init__(self, llama_cpp: Any, path: str, *, n_ctx: int, n_seq_max: int,
-                 threads: int | None, n_gpu_layers: int, flash_attn: bool) -> None:
+                 threads: int | None, n_gpu_layers: int, flash_attn: str) -> None:
         from termlm.engine.batch_sched import KvMirror
 
         lib = self._lib = llama_cpp
@@ -385,8 +385,9 @@ class NativeContext:
         cparams.kv_unified = True  # one cache shared by all sequences: needed by seq_cp
         cparams.n_threads = threads or max(cpus // 2, 1)  # as Llama does
         cparams.n_threads_batch = threads or cpus
-        cparams.flash_attn_type = (lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
-                                   else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        cparams.flash_attn_type = {"on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                   "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                                   }.get(flash_attn, lib.LLAMA_FLASH_ATTN_TYPE_AUTO)
         self.ctx = lib.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             self.close()

@@ -45,6 +45,7 @@ def open_engine(settings: Settings, *, batch: bool = False) -> Engine:
         parallel=parallel,
         threads=settings.threads,
         n_gpu_layers=settings.n_gpu_layers,
+        flash_attn=settings.flash_attn,
         seed=settings.seed,
         turn_format=model.turn_format,
         notify=notice,
