@@ -217,3 +217,88 @@ def test_qa_questions_in_parallel_stay_in_order(tmp_path: Path,
         if row["found"]:
             assert row["question"] in row["answer"]  # the echo of its own prompt
     assert Cli(engine)("qa", "--docs", "docs", "-P", "2", "question?").exit_code == 2
+
+
+# -- groups of chains (several documents at once) ------------------------------------------
+
+def test_groups_share_the_slots_and_come_back_in_order() -> None:
+    from termlm.chains import run_groups
+
+    engine = FakeBatching(4)
+    groups = [(f"g{g}", [counter(f"g{g}c{c}", 2) for c in range(g % 3)]) for g in range(7)]
+    out = list(run_groups(engine, groups, slots=4))
+    assert [key for key, _ in out] == [f"g{g}" for g in range(7)]
+    for g, (_key, results) in enumerate(out):
+        assert results == [expected(f"g{g}c{c}", 2) for c in range(g % 3)]
+    assert engine.max_in_flight == 4  # chains of different groups ran together
+
+
+def test_a_failing_group_stops_alone() -> None:
+    from termlm.chains import run_groups
+
+    closed: list[str] = []
+
+    def boom(name: str) -> Chain[str]:
+        try:
+            yield ask("first")
+            yield ask("BOOM")
+            yield ask("never")
+        finally:
+            closed.append(name)
+        return name  # pragma: no cover - BOOM always fails
+
+    def slow(name: str) -> Chain[str]:
+        try:
+            for _ in range(6):
+                yield ask("fine")
+        finally:
+            closed.append(name)
+        return name
+
+    groups = [("a", [counter("a", 2)]), ("b", [boom("b1"), slow("b2")]), ("c", [counter("c", 3)])]
+    out = dict(run_groups(FakeBatching(3), groups, slots=3))
+    assert out["a"] == [expected("a", 2)]
+    assert isinstance(out["b"], ContextOverflow)
+    assert out["c"] == [expected("c", 3)]
+    assert sorted(closed) == ["b1", "b2"]  # its other chain was stopped too
+
+
+def test_groups_without_model_calls_need_no_engine() -> None:
+    from termlm.chains import run_groups
+
+    def cached(value: str) -> Chain[str]:
+        return value
+        yield ask("unreachable")  # pragma: no cover - makes this a generator
+
+    engine = FakeEngine()
+    groups = [(i, [cached(f"v{i}")] if i % 2 else []) for i in range(30)]
+    out = list(run_groups(engine, groups, slots=2))
+    assert out == [(i, [f"v{i}"] if i % 2 else []) for i in range(30)]
+    assert engine.requests == []
+
+
+def test_translate_runs_several_files_at_once(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TERMLM_CACHE_DIR", str(tmp_path / "cache"))
+    Path("docs").mkdir()
+    for i in range(6):
+        Path(f"docs/f{i}.md").write_text(f"File number {i} says hello.\n")
+    Path("docs/f3.md").write_text("Costs 10 euros.\n")
+
+    class LosesNumbers(Upper):
+        def _reply_for(self, request: ChatRequest) -> str:
+            reply = super()._reply_for(request)
+            return reply.replace("10", "") if "10" in reply else reply
+
+    engine = LosesNumbers(4)
+    result = Cli(engine)("translate", "--to", "fr", "--strict", "docs", "-o", "out")
+    assert result.exit_code == 3, result.stderr
+    assert engine.max_in_flight == 4  # one segment per file: files ran side by side
+    for i in (0, 1, 2, 4, 5):
+        assert Path(f"out/docs/f{i}.fr.md").read_text() == f"FILE NUMBER {i} SAYS HELLO.\n"
+    assert not Path("out/docs/f3.fr.md").exists()
+    lines = [line for line in result.stderr.splitlines() if "->" in line or "error" in line]
+    assert [line.split(" ")[0].rstrip(":") for line in lines] == [
+        "docs/f0.md", "docs/f1.md", "docs/f2.md", "termlm", "docs/f4.md", "docs/f5.md"]
+    assert "docs/f3.md" in lines[3] and "--strict" in lines[3]

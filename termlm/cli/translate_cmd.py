@@ -8,11 +8,14 @@ written atomically. A file that fails does not stop the others.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Annotated
@@ -30,9 +33,10 @@ from termlm.cli.common import (
 from termlm.errors import ExitCode, InputError, TermlmError, UsageError
 
 if TYPE_CHECKING:
+    from termlm.chains import Chain
     from termlm.records.types import Source
     from termlm.segment import Mode
-    from termlm.tasks.translate import Translator
+    from termlm.tasks.translate import DocResult, Translator
 
 _MARKDOWN_SUFFIXES = {".md", ".markdown", ".mdown", ".mkd", ".mdx"}
 _BOM = "\ufeff"
@@ -242,60 +246,103 @@ def _mode(source: Source, text: str, fmt: Format, line_mode: bool) -> Mode:
     return "markdown" if Path(source.path).suffix.lower() in _MARKDOWN_SUFFIXES else "text"
 
 
+@dataclass
+class _Job:
+    """One file of the plan: what to write it to, and its result once it is translated."""
+
+    source: Source
+    target: Path | str | None
+    bom: str = ""
+    finish: Callable[[], DocResult] | None = None
+    problem: TermlmError | None = None  # it failed before any translation
+    skipped: bool = False
+
+
 def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
          show: bool) -> ExitCode:
+    """Translate the files, several at once when the engine has slots to spare, and write
+    each one (in plan order) as soon as it and the files before it are done."""
+    from termlm.chains import run_groups
     from termlm.output import error_line, notice
 
     ok = failed = skipped = segments = cached = 0
     started = time.perf_counter()
-    for source, target in plan:
-        label = source.name
 
-        def tick(done: int, total: int, label: str = label) -> None:
-            if show:
-                sys.stderr.write(f"\r{label}: {done}/{total} segments")
-                sys.stderr.flush()
+    def tick(label: str, done: int, total: int) -> None:
+        if show:
+            files = f" (file {ok + failed + skipped + 1} of {len(plan)})" if len(plan) > 1 else ""
+            sys.stderr.write(f"\r\x1b[2K{label}: {done}/{total} segments{files}")
+            sys.stderr.flush()
 
-        try:
-            if isinstance(target, str):
-                raise TermlmError(target)
-            read = _read(source)
-            if read is None:
+    def groups() -> Iterator[tuple[_Job, list[Chain[None]]]]:
+        for source, target in plan:
+            job = _Job(source, target)
+            try:
+                if isinstance(target, str):
+                    raise TermlmError(target)
+                read = _read(source)
+                if read is None:
+                    job.skipped = True
+                    yield job, []
+                    continue
+                text, job.bom = read
+                chains, job.finish = translator.plan(
+                    text, _mode(source, text, fmt, line_mode),
+                    functools.partial(tick, source.name))
+            except UsageError:
+                raise
+            except TermlmError as exc:
+                job.problem = exc
+                chains = []
+            yield job, chains
+
+    def fail(label: str, exc: TermlmError) -> None:
+        nonlocal failed
+        if show:
+            sys.stderr.write("\n")
+        failed += 1
+        message = exc.message if exc.message.startswith(label) else f"{label}: {exc.message}"
+        error_line(message, exc.hint)
+
+    try:
+        for job, out in run_groups(translator.engine, groups(), slots=translator.parallel):
+            label = job.source.name
+            if isinstance(out, Exception) and not isinstance(out, TermlmError):
+                raise out
+            problem = out if isinstance(out, TermlmError) else job.problem
+            if problem is not None:
+                fail(label, problem)
+                continue
+            if job.skipped or job.finish is None:
                 notice(f"skipping {label}: binary data, not text")
                 skipped += 1
                 continue
-            text, bom = read
-            result = translator.document(text, _mode(source, text, fmt, line_mode), tick)
+            result = job.finish()
             if show and result.units:
                 sys.stderr.write("\n")
             for warning in result.warnings:
                 notice(f"warning: {label}: {warning}")
-            if target is None:
-                sys.stdout.write(bom + result.text)
+            if job.target is None:
+                sys.stdout.write(job.bom + result.text)
                 sys.stdout.flush()
             else:
+                assert isinstance(job.target, Path)
                 try:
-                    write_atomic(target, bom + result.text)
+                    write_atomic(job.target, job.bom + result.text)
                 except OSError as exc:
-                    raise TermlmError(f"cannot write {target}: {exc.strerror or exc}") from None
-                notice(f"{label} -> {target} ({result.units} segments, "
+                    fail(label, TermlmError(f"cannot write {job.target}: "
+                                            f"{exc.strerror or exc}"))
+                    continue
+                notice(f"{label} -> {job.target} ({result.units} segments, "
                        f"{result.cached} cached)")
             ok += 1
             segments += result.units
             cached += result.cached
-        except UsageError:
-            raise
-        except TermlmError as exc:
-            if show:
-                sys.stderr.write("\n")
-            failed += 1
-            message = exc.message if exc.message.startswith(label) else f"{label}: {exc.message}"
-            error_line(message, exc.hint)
-        except KeyboardInterrupt:
-            again = "; finished segments are cached, so running the same command again " \
-                "continues" if translator.cache is not None else ""
-            notice(f"\ninterrupted: {ok} of {len(plan)} files done{again}")
-            return ExitCode.INTERRUPTED
+    except KeyboardInterrupt:
+        again = "; finished segments are cached, so running the same command again " \
+            "continues" if translator.cache is not None else ""
+        notice(f"\ninterrupted: {ok} of {len(plan)} files done{again}")
+        return ExitCode.INTERRUPTED
     seconds = time.perf_counter() - started
     notice(f"{ok} ok, {failed} failed" + (f", {skipped} skipped" if skipped else "")
            + f": {segments} segments ({cached} cached) in {seconds:.1f}s")

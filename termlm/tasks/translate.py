@@ -231,9 +231,26 @@ def units(segments: list[Segment]) -> Iterator[str | list[Segment]]:
 
 
 @dataclass
+class _Doc:
+    """A document being translated: its pieces as they get done, and what went wrong."""
+
+    out: list[str]
+    markdown: bool
+    result: DocResult = field(default_factory=lambda: DocResult(""))
+    warnings: list[tuple[int, str]] = field(default_factory=list)  # (unit number, text)
+    finished: int = 0
+
+    def done(self) -> DocResult:
+        self.result.warnings = [w for _n, w in sorted(self.warnings, key=lambda w: w[0])]
+        self.result.text = "".join(self.out)
+        return self.result
+
+
+@dataclass
 class _Thread:
     """One stretch of a document being translated: the exchange before the unit at hand."""
 
+    doc: _Doc
     previous: tuple[str, str] | None = None
     unit: int = 0  # the unit's number in the document
     where: str = ""
@@ -246,7 +263,9 @@ class Translator:
     exchange, so a stretch is a chain of dependent calls. With ``parallel`` > 1
     (default: the engine's slots) a document is cut into that many consecutive
     stretches of about equal length, translated side by side; only the first unit
-    of each stretch goes without the exchange before it.
+    of each stretch goes without the exchange before it. ``plan`` gives a
+    document's stretches as chains, so that a caller can run several documents'
+    chains at once (``termlm.chains.run_groups``).
     """
 
     def __init__(self, engine: Engine, spec: Spec, cache: Cache | None = None,
@@ -257,9 +276,6 @@ class Translator:
         self.n_ctx = engine.info.n_ctx
         slots = engine.parallel if isinstance(engine, BatchingEngine) else 1
         self.parallel = max(1, parallel or slots)
-        self._result = DocResult("")
-        self._warnings: list[tuple[int, str]] = []
-        self._markdown = False
         if not self._fits("x"):
             raise TermlmError(f"the context window of {self.n_ctx} tokens is too small for "
                               "the translation prompt", hint="raise --ctx")
@@ -267,36 +283,39 @@ class Translator:
     def document(self, text: str, mode: Mode,
                  progress: Callable[[int, int], None] | None = None) -> DocResult:
         """Translate ``text``; raises TranslateError on a failed unit when strict."""
-        self._result, self._markdown = DocResult(""), mode == "markdown"
-        self._warnings = []
-        out: list[str] = []
+        chains, finish = self.plan(text, mode, progress)
+        run_chains(self.engine, chains)
+        return finish()
+
+    def plan(self, text: str, mode: Mode, progress: Callable[[int, int], None] | None = None
+             ) -> tuple[list[Chain[None]], Callable[[], DocResult]]:
+        """The document's stretches as chains, and what gives its result once they ran.
+
+        ``progress(done, total)`` is called as each unit is done.
+        """
+        doc = _Doc([], mode == "markdown")
         todo: list[tuple[int, list[Segment], str]] = []  # (place in out, unit, where)
         line = 1
         for part in units(segment(text, mode)):
             raw = part if isinstance(part, str) else "".join(s.text for s in part)
             if not isinstance(part, str) and _needs(part):
-                todo.append((len(out), part, f"segment {len(todo) + 1} (line {line})"))
-            out.append(raw)
+                todo.append((len(doc.out), part, f"segment {len(todo) + 1} (line {line})"))
+            doc.out.append(raw)
             line += raw.count("\n")
-        self._result.units = len(todo)
-        finished = 0
+        doc.result.units = len(todo)
 
         def stretch(first: int, run: list[tuple[int, list[Segment], str]]) -> Chain[None]:
-            nonlocal finished
-            thread = _Thread()
+            thread = _Thread(doc)
             for number, (at, unit, where) in enumerate(run, first):
                 thread.unit, thread.where = number, where
-                out[at] = yield from self._unit(thread, unit)
-                finished += 1
+                doc.out[at] = yield from self._unit(thread, unit)
+                doc.finished += 1
                 if progress is not None:
-                    progress(finished, len(todo))
+                    progress(doc.finished, len(todo))
 
         runs = stretches(todo, self.parallel, lambda job: len(_source(job[1])))
         starts = [sum(len(r) for r in runs[:i]) for i in range(len(runs))]
-        run_chains(self.engine, [stretch(s, r) for s, r in zip(starts, runs, strict=True)])
-        self._result.warnings = [w for _n, w in sorted(self._warnings, key=lambda w: w[0])]
-        self._result.text = "".join(out)
-        return self._result
+        return [stretch(s, r) for s, r in zip(starts, runs, strict=True)], doc.done
 
     # -- one unit ---------------------------------------------------------------
 
@@ -320,7 +339,7 @@ class Translator:
                 self._problem(thread, lost, "kept the original text")
                 return raw
             self._problem(thread, lost, "kept the translation")
-        return lead + _rebuild(unit, reply, self._markdown) + trail
+        return lead + _rebuild(unit, reply, thread.doc.markdown) + trail
 
     def _parts(self, thread: _Thread, parts: list[str | list[Segment]]) -> Chain[str]:
         """Kept strings as they are, and each list of segments translated as a unit."""
@@ -366,7 +385,7 @@ class Translator:
         message = f"{thread.where}: the translation lost {shown}{more}"
         if self.spec.strict:
             raise TranslateError(message + " (--strict)")
-        self._warnings.append((thread.unit, f"{message}; {outcome}"))
+        thread.doc.warnings.append((thread.unit, f"{message}; {outcome}"))
 
     # -- one request --------------------------------------------------------------
 
@@ -376,7 +395,7 @@ class Translator:
         key = self._key(text)
         hit = self.cache.get(key) if self.cache is not None else None
         if hit is not None:
-            self._result.cached += 1
+            thread.doc.result.cached += 1
             thread.previous = (text, hit)
             return hit, [], True
         reply = ""
