@@ -198,7 +198,7 @@ def _todo(records: Iterable[Record], done: DoneSet | None, options: RunOptions,
 @dataclass
 class _Item:
     record: Record
-    out: dict[str, Any] | None = None  # set when the record failed before reaching the engine
+    out: dict[str, Any] | None = None  # set when done without the engine (failed, or answered)
     n_tokens: int = 0
     truncated: bool = False
     request: ChatRequest | ScoreRequest | None = None  # what went to the engine

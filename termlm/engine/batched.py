@@ -222,9 +222,11 @@ class BatchedEngine:
             if request is None:
                 yield None
                 continue
-            yield _or_failed(index, lambda i=index, r=request: self._prepare(  # type: ignore[misc]
-                i, r, derive_seed=True))
+            yield self._prepare_or_fail(index, request)
             index += 1
+
+    def _prepare_or_fail(self, index: int, request: ChatRequest) -> Pending:
+        return _or_failed(index, lambda: self._prepare(index, request, derive_seed=True))
 
     def _prepare_score(self, index: int, request: ScoreRequest) -> ScoreItem | Failed:
         def prepare() -> ScoreItem:
