@@ -54,6 +54,7 @@ class Summary:
     stopped_early: bool = False
     seconds: float = 0.0
     first_error: str | None = None
+    tokens_evaluated: int | None = None  # by the engine, when it counts them
 
     @property
     def done(self) -> int:
@@ -70,7 +71,9 @@ class Summary:
         parts = [f"{self.ok} ok", f"{self.failed} failed", f"{self.skipped} skipped"]
         if self.truncated:
             parts.append(f"{self.truncated} truncated")
-        return ", ".join(parts) + f" in {self.seconds:.1f}s ({rate:.2f} records/s)"
+        evaluated = f", {self.tokens_evaluated / self.done:.1f} tokens evaluated per record" \
+            if self.tokens_evaluated is not None and self.done else ""
+        return ", ".join(parts) + f" in {self.seconds:.1f}s ({rate:.2f} records/s{evaluated})"
 
 
 @dataclass

@@ -22,11 +22,15 @@ def test_bench_smoke_run_produces_the_table(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout
-    for row in ("classify-6: records/s", "classify-6: valid labels", "translate-6: requests/s",
+    for row in ("classify-6: records/s", "classify-6: valid labels",
+                "classify-6: tokens evaluated per record", "translate-6: requests/s",
                 "single-stream generation", "cold start"):
         assert row in table, table
     data = json.loads(out.read_text())
     assert data["classify"]["termlm"]["valid_labels"] == 1.0
+    assert data["classify"]["termlm"]["tokens_evaluated_per_record"] > 0
+    assert data["classify"]["baseline"]["tokens_evaluated_per_record"] > 0
+    assert data["generate"]["per_round"]["rounds"] == 5  # the short cases run 5 times a side
     assert data["translate"]["requests"] == 6
     assert data["cold_start"]["termlm_s"] > 0
 

@@ -135,3 +135,12 @@ def test_fail_fast_stops_at_the_first_failure_in_order(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["id"] for r in rows] == ["1", "2", "3"]
     assert "error" in rows[-1]
+
+
+def test_summary_line_reports_tokens_evaluated_when_the_engine_counts() -> None:
+    from termlm.runner import Summary
+
+    assert "tokens evaluated" not in Summary(ok=3).line()
+    line = Summary(ok=3, failed=1, tokens_evaluated=50, seconds=2.0).line()
+    assert line.endswith("(2.00 records/s, 12.5 tokens evaluated per record)")
+    assert "tokens evaluated" not in Summary(tokens_evaluated=0).line()  # nothing done

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -45,6 +46,11 @@ def test_classify_scores_labels_and_reports_gold(tmp_path: Path) -> None:
     data = json.loads(report.read_text())
     assert data["accuracy"] >= 0.8  # small model, scored labels: measured 0.906
     assert "macro-F1" in result.stderr and "confusion" in result.stderr
+    # the shared instructions are evaluated once, not per record
+    evaluated = float(re.search(r"([\d.]+) tokens evaluated per record", result.stderr)[1])
+    prompt = run("classify", "--labels", "positive,negative", "--dry-run", str(DATA))
+    per_prompt = int(re.search(r"(\d+) prompt tokens", prompt.stderr)[1])
+    assert 0 < evaluated < per_prompt * 0.6, (evaluated, per_prompt)
 
 
 def test_classify_prompt_injection_still_gets_a_label() -> None:

@@ -145,6 +145,7 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
            check_first: Callable[[Record], None] | None,
            on_result: Callable[[Record, dict[str, Any]], None] | None,
            after: Callable[[], None] | None) -> None:
+    from termlm.engine.types import CountsTokens
     from termlm.output import notice
     from termlm.records.readers import count_records
     from termlm.records.resume import load_done, resume_command
@@ -182,7 +183,10 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
             if args.keep_fields and first is not None else []
         with open_writer(args.output, args.output_format.value, append=args.resume,
                          columns=[*columns, *kept, "error"], warn=notice) as writer:
+            before = engine.tokens_evaluated if isinstance(engine, CountsTokens) else None
             summary = run_records(engine, task, records, writer, options, done, on_result)
+            if before is not None and isinstance(engine, CountsTokens):
+                summary.tokens_evaluated = engine.tokens_evaluated - before
     finally:
         engine.close()
     notice(summary.line())

@@ -158,6 +158,11 @@ class BatchedEngine:
     def count_tokens(self, text: str) -> int:
         return self._prompts.count_tokens(text)
 
+    @property
+    def tokens_evaluated(self) -> int:
+        """Tokens decoded so far: prompts after any reused prefix, and generated ones."""
+        return int(self._native.n_decoded)
+
     def count_prompt_tokens(self, messages: Sequence[Message]) -> int:
         return len(self._prompts.prompt_tokens(messages))
 

@@ -414,6 +414,7 @@ class NativeContext:
         self._seq = [batch.seq_id[i] for i in range(cap)]
         self._outputs: set[int] = set()  # batch indexes with logits after the last decode
         self._next_outputs: set[int] = set()
+        self.n_decoded = 0  # tokens evaluated so far
 
     def chat_template(self) -> str | None:
         raw = self._lib.llama_model_chat_template(self.model, None)
@@ -476,6 +477,7 @@ class NativeContext:
             self.kv.reset_batch()
             raise EngineError(f"llama.cpp failed to decode a batch of {n} tokens (code {rc})")
         self.kv.decoded()
+        self.n_decoded += n
 
     def _check_output(self, i: int) -> None:
         self._live()

@@ -174,6 +174,14 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class CountsTokens(Protocol):
+    """An engine that knows how many tokens it has evaluated (an in-process one)."""
+
+    @property
+    def tokens_evaluated(self) -> int: ...
+
+
 def collect(events: Iterator[StreamEvent]) -> Completion:
     """Drain a stream and return its Completion."""
     result: Completion | None = None
