@@ -71,6 +71,7 @@ def test_bench_llama_bench_row_with_a_stand_in(tmp_path: Path) -> None:
         "args = sys.argv[1:]\n"
         "assert args[args.index('-p') + 1] == '0' and args[args.index('-o') + 1] == 'json'\n"
         "assert args[args.index('-n') + 1] == '8', args\n"
+        "assert int(args[args.index('-d') + 1]) > 5, args  # termlm's prompt length\n"
         "print(json.dumps([{'n_gen': 8, 'avg_ts': 1000.0}]))\n")
     shim.chmod(0o755)
     out = tmp_path / "bench.json"
