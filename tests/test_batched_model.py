@@ -314,3 +314,65 @@ def test_throughput_against_a_llama_engine_loop(model_path: str, llama: LlamaEng
     print(f"\nLlamaEngine loop: {n / loop_s:.2f} req/s; BatchedEngine parallel 8: "
           f"{n / batch_s:.2f} req/s ({loop_s / batch_s:.2f}x)", file=sys.stderr)
     assert batch_s < loop_s * 1.5  # only a guard against a pathological slowdown
+
+
+def _draws(native: object, at: int, cut: int, sampling: SamplingParams,
+           history: list[int]) -> list[int]:
+    """Four tokens from a chain like NativeContext.sampler's, with a top-``cut`` first."""
+    from termlm.engine.llama_common import _PENALTY_LAST_N
+
+    lib, ctx, n_vocab = native._lib, native.ctx, native.n_vocab  # type: ignore[attr-defined]
+    chain = lib.llama_sampler_chain_init(lib.llama_sampler_chain_default_params())
+    parts = [lib.llama_sampler_init_top_k(cut)] if cut else []
+    parts.append(lib.llama_sampler_init_penalties(n_vocab, _PENALTY_LAST_N,
+                                                  sampling.repeat_penalty, 0.0, 0.0))
+    if sampling.temperature:
+        parts += [lib.llama_sampler_init_top_k(sampling.top_k),
+                  lib.llama_sampler_init_temp(sampling.temperature),
+                  lib.llama_sampler_init_dist(7)]
+    else:
+        parts.append(lib.llama_sampler_init_greedy())
+    for part in parts:
+        lib.llama_sampler_chain_add(chain, part)
+    for token in history:
+        lib.llama_sampler_accept(chain, token)
+    try:
+        return [int(lib.llama_sampler_sample(chain, ctx, at)) for _ in range(4)]
+    finally:
+        lib.llama_sampler_free(chain)
+
+
+def test_penalty_prefilter_picks_what_the_full_vocabulary_would(model_path: str) -> None:
+    """The top-k cut before the repetition penalty (llama_common._penalty_prefilter) must
+    not change a choice, even when the penalty hits exactly the best raw tokens."""
+    import numpy as np
+
+    from termlm.engine.llama_common import _PENALTY_LAST_N, _penalty_prefilter
+
+    engine = _open(model_path, 1, n_ctx=512)
+    native, lib = engine._native, engine._native._lib
+    try:
+        for prompt in ("The capital of France is", "1, 2, 3, 4,", "Once upon a time"):
+            native.clear()
+            tokens = engine._prompts.tokenize_prompt(prompt)
+            native.add(0, 0, tokens, "last")
+            native.decode()
+            at = len(tokens) - 1
+            logits = np.ctypeslib.as_array(lib.llama_get_logits_ith(native.ctx, at),
+                                           shape=(native.n_vocab,))
+            ranked = [int(t) for t in np.argsort(-logits)]
+            for penalty in (1.1, 1.5, 3.0):
+                for history in (ranked[:_PENALTY_LAST_N], ranked[1:3], ranked[5:60:3]):
+                    for sampling in (GREEDY.with_(repeat_penalty=penalty),
+                                     SamplingParams(temperature=0.8, top_k=5,
+                                                    repeat_penalty=penalty)):
+                        keep = _penalty_prefilter(sampling, grammar=False)
+                        assert keep == (sampling.top_k if sampling.temperature else 1) + 64
+                        chosen = [_draws(native, at, cut, sampling, history)
+                                  for cut in (0, keep)]
+                        assert chosen[0] == chosen[1], (prompt, penalty, history[:3])
+        assert _penalty_prefilter(GREEDY.with_(repeat_penalty=1.1), grammar=True) == 0
+        assert _penalty_prefilter(GREEDY.with_(repeat_penalty=0.9), grammar=False) == 0
+        assert _penalty_prefilter(SamplingParams(temperature=0.7, top_k=0), grammar=False) == 0
+    finally:
+        engine.close()

@@ -353,6 +353,24 @@ _PENALTY_LAST_N = 64  # llama-cpp-python's Llama default (last_n_tokens_size)
 Logits = Literal["none", "last", "all"]
 
 
+def _penalty_prefilter(sampling: SamplingParams, grammar: bool) -> int:
+    """How many of the top raw logits can hold the choice, so the repetition penalty
+    need not visit the whole vocabulary (0: all of them).
+
+    A penalty above 1 only lowers logits, and of at most ``_PENALTY_LAST_N`` tokens.
+    A token among the best ``k`` after it then has fewer than ``k`` unpenalized tokens
+    above it before it too, so it is among the best ``k + _PENALTY_LAST_N`` raw logits:
+    cutting to those first changes no choice (greedy: ``k`` = 1; top-k sampling: its
+    ``k``), and makes sampling about three times cheaper. Not with a grammar (it may
+    reject every top token), a penalty below 1, or sampling without a top-k.
+    """
+    if grammar or sampling.repeat_penalty < 1.0 or sampling.temperature < 0.0:
+        return 0
+    if sampling.temperature == 0.0:
+        return 1 + _PENALTY_LAST_N
+    return sampling.top_k + _PENALTY_LAST_N if sampling.top_k > 0 else 0
+
+
 class NativeContext:
     """A model and a multi-sequence context on llama.cpp's low-level API.
 
@@ -538,13 +556,16 @@ class NativeContext:
                 raise EngineError(f"llama.cpp could not create the {what}")
             lib.llama_sampler_chain_add(chain, sampler)
 
+        temp = sampling.temperature
         if sampling.repeat_penalty != 1.0:
+            keep = _penalty_prefilter(sampling, gbnf is not None)
+            if keep:
+                add(lib.llama_sampler_init_top_k(keep), "top-k prefilter")
             add(lib.llama_sampler_init_penalties(self.n_vocab, _PENALTY_LAST_N,
                                                  sampling.repeat_penalty, 0.0, 0.0), "penalty")
         if gbnf is not None:
             add(lib.llama_sampler_init_grammar(self.vocab_ptr, gbnf.encode("utf-8"), b"root"),
                 "grammar for the JSON schema")
-        temp = sampling.temperature
         if temp == 0.0:
             add(lib.llama_sampler_init_greedy(), "greedy sampler")
             return chain
