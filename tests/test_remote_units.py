@@ -744,3 +744,38 @@ def test_cli_batch_turns_failures_into_error_records(serve: Callable[[Handler], 
     assert records[1]["error"] == (f"server {server.url} failed after 4 tries: "
                                    "500 Internal Server Error")
     assert [r.get("output") for r in records] == ["R1", None, "R3", "R4"]
+
+
+def test_chains_of_dependent_calls_over_the_server(serve: Callable[[Handler], FakeServer],
+                                                   notes: list[str]) -> None:
+    """translate's chains (termlm.chains) on a remote engine: each call waits for the one
+    before it in its chain (complete_each with None), several chains in flight."""
+    from termlm.chains import Chain, run_chains
+
+    def handler(path: str, body: dict[str, Any], headers: dict[str, str]) -> Reply:
+        if not path.endswith("/chat/completions"):
+            return Reply(status=404)
+        return chat_reply("re: " + body["messages"][-1]["content"])
+
+    server = serve(handler)
+    engine = engine_for(server, notes, concurrency=3)
+
+    def chain(name: str) -> Chain[str]:
+        reply = name
+        for _ in range(3):
+            done = yield ask(reply)
+            reply = done.text
+        return reply
+
+    try:
+        out = run_chains(engine, [chain(f"c{i}") for i in range(5)])
+        assert out == [f"re: re: re: c{i}" for i in range(5)]
+        assert 1 < server.max_in_flight <= 3
+
+        def stuck() -> Iterator[ChatRequest | None]:
+            yield None
+
+        with pytest.raises(EngineError, match="none is in flight"):
+            list(engine.complete_each(stuck()))
+    finally:
+        engine.close()
