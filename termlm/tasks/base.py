@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from termlm.engine.types import ChatRequest, Completion, Engine, Message, Score, ScoreRequest
+from termlm.engine.types import (
+    ChatRequest,
+    Completion,
+    Engine,
+    Message,
+    SamplingParams,
+    Score,
+    ScoreRequest,
+)
 from termlm.errors import TermlmError
 from termlm.records.types import Record
 
@@ -50,6 +58,36 @@ class BatchableTask(Task, Protocol):
 
     def finish(self, result: Completion | list[Score], record: Record,
                request: ChatRequest | ScoreRequest) -> dict[str, Any]: ...
+
+
+class CompletionTask:
+    """The engine-facing half of a task that is one chat completion per record (batch,
+    extract): the reply budget, the request (constrained by ``json_schema`` when set),
+    and ``run`` as ``finish`` of the completed request. Subclasses add ``messages``
+    and ``finish``."""
+
+    sampling: SamplingParams
+    json_schema: dict[str, Any] | None
+
+    @property
+    def kind(self) -> str:
+        return "complete"
+
+    def reserve(self, engine: Engine) -> int:
+        return self.sampling.max_tokens
+
+    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record
+                ) -> ChatRequest:
+        return ChatRequest(messages, self.sampling, json_schema=self.json_schema)
+
+    def finish(self, result: Completion | list[Score], record: Record,
+               request: object = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def run(self, engine: Engine, messages: tuple[Message, ...],
+            record: Record) -> dict[str, Any]:
+        request = self.request(engine, messages, record)
+        return self.finish(engine.complete(request), record, request)
 
 
 def record_values(text: str, record: Record) -> dict[str, str]:

@@ -6,15 +6,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from termlm.engine.types import ChatRequest, Completion, Engine, Message, SamplingParams, Score
+from termlm.engine.types import Completion, Message, SamplingParams, Score
 from termlm.prompts import substitute
 from termlm.records.types import Record
-from termlm.tasks.base import RecordError, record_values
+from termlm.tasks.base import CompletionTask, RecordError, record_values
 from termlm.tasks.schema import validate_instance
 
 
 @dataclass(frozen=True)
-class GenerateTask:
+class GenerateTask(CompletionTask):
     user: str  # the user pattern, with {text} and {field} placeholders
     system: str | None
     sampling: SamplingParams
@@ -30,27 +30,12 @@ class GenerateTask:
         system = [Message("system", self.system)] if self.system else []
         return (*system, Message("user", user))
 
-    def reserve(self, engine: Engine) -> int:
-        return self.sampling.max_tokens
-
-    @property
-    def kind(self) -> str:
-        return "complete"
-
-    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record
-                ) -> ChatRequest:
-        return ChatRequest(messages, self.sampling, json_schema=self.json_schema)
-
     def finish(self, result: Completion | list[Score], record: Record,
                request: object = None) -> dict[str, Any]:
         assert isinstance(result, Completion)
         if self.json_schema is None:
             return {"output": result.text.strip(), "finish_reason": result.finish_reason}
         return {"output": parse_json_reply(result, self.json_schema)}
-
-    def run(self, engine: Engine, messages: tuple[Message, ...],
-            record: Record) -> dict[str, Any]:
-        return self.finish(engine.complete(self.request(engine, messages, record)), record)
 
 
 def parse_json_reply(result: Completion, schema: dict[str, Any]) -> Any:
