@@ -21,9 +21,10 @@ _FALSE = {"0", "false", "no", "off", ""}
 class Settings:
     model: str = DEFAULT_MODEL
     n_ctx: int = DEFAULT_CTX_CAP  # capped by the model's trained context
-    threads: int | None = None  # None: llama.cpp's choice (physical cores)
+    threads: int | None = None  # None: one per physical core (as llama.cpp's own tools)
     n_gpu_layers: int | str = "auto"  # "auto": all layers when the build can offload
     flash_attn: str = "auto"  # "auto" (llama.cpp's default: on where supported), "on", "off"
+    cpu_extra_buffers: str = "auto"  # llama.cpp's extra CPU weight buffers; "auto": the AMX guard
     seed: int | None = None
     offline: bool = False
     models: dict[str, str] = field(default_factory=dict)  # local aliases: name -> path
@@ -86,6 +87,14 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         if text not in ("auto", "on", "off"):
             raise ConfigError(f"{where}: flash_attn must be auto, on or off, not {value!r}")
         return text
+    if key == "cpu_extra_buffers":
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        text = str(value).strip().lower()
+        if text not in ("auto", "on", "off"):
+            raise ConfigError(f"{where}: cpu_extra_buffers must be auto, on or off, "
+                              f"not {value!r}")
+        return text
     if key == "parallel":
         return None if value is None else _parse_int(key, value, where, minimum=1)
     if key == "concurrency":
@@ -147,6 +156,7 @@ _ENV = {
     "threads": "TERMLM_THREADS",
     "n_gpu_layers": "TERMLM_GPU_LAYERS",
     "flash_attn": "TERMLM_FLASH_ATTN",
+    "cpu_extra_buffers": "TERMLM_CPU_EXTRA_BUFFERS",
     "seed": "TERMLM_SEED",
     "offline": "TERMLM_OFFLINE",
     "parallel": "TERMLM_PARALLEL",

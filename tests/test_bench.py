@@ -13,6 +13,7 @@ import pytest
 pytestmark = pytest.mark.model
 
 ROOT = Path(__file__).resolve().parent.parent
+GUARDED = ROOT / "scripts" / "llama_guarded.py"
 
 
 def test_bench_smoke_run_produces_the_table(tmp_path: Path) -> None:
@@ -24,7 +25,7 @@ def test_bench_smoke_run_produces_the_table(tmp_path: Path) -> None:
     table = proc.stdout
     for row in ("classify-6: records/s", "classify-6: valid labels",
                 "classify-6: tokens evaluated per record", "translate-6: requests/s",
-                "single-stream generation", "cold start"):
+                "single-stream generation", "cold start", "default threads"):
         assert row in table, table
     data = json.loads(out.read_text())
     assert data["classify"]["termlm"]["valid_labels"] == 1.0
@@ -33,6 +34,9 @@ def test_bench_smoke_run_produces_the_table(tmp_path: Path) -> None:
     assert data["generate"]["per_round"]["rounds"] == 5  # the short cases run 5 times a side
     assert data["translate"]["requests"] == 6
     assert data["cold_start"]["termlm_s"] > 0
+    threads = data["threads_case"]
+    assert set(threads["by_threads"]) == {str(k) for k in range(1, (os.cpu_count() or 1) + 1)}
+    assert threads["default_tok_per_s"] > 0 and threads["ratio"] > 0
 
 
 def test_bench_llama_server_row_with_a_stand_in_server(tmp_path: Path) -> None:
@@ -44,8 +48,10 @@ def test_bench_llama_server_row_with_a_stand_in_server(tmp_path: Path) -> None:
         "p = argparse.ArgumentParser()\n"
         "for flag in ('-m', '--host', '--port', '-np', '-c', '-t'):\n"
         "    p.add_argument(flag)\n"
+        "p.add_argument('--no-repack', action='store_true')\n"
         "a = p.parse_args()\n"
-        f"os.execv({sys.executable!r}, [{sys.executable!r}, '-m', 'llama_cpp.server',\n"
+        f"os.execv({sys.executable!r}, [{sys.executable!r}, {str(GUARDED)!r}, '-m',\n"
+        "         'llama_cpp.server',\n"
         "         '--model', a.m, '--host', a.host, '--port', a.port,\n"
         "         '--n_ctx', '2048', '--n_threads', a.t])\n")
     shim.chmod(0o755)

@@ -25,6 +25,7 @@ from .test_remote_units import free_port
 pytestmark = pytest.mark.model
 
 TERMLM = [sys.executable, "-m", "termlm"]
+GUARDED = Path(__file__).resolve().parent.parent / "scripts" / "llama_guarded.py"
 
 
 def run(*args: str, input: str | None = None, timeout: float = 180
@@ -47,7 +48,7 @@ class LlamaServer:
     def start(self, timeout: float = 60.0) -> None:
         self._log = self.log_path.open("ab")
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", self.model,
+            [sys.executable, str(GUARDED), "-m", "llama_cpp.server", "--model", self.model,
              "--host", "127.0.0.1", "--port", str(self.port), "--n_ctx", "2048"],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout

@@ -45,6 +45,10 @@ def _root(
     flash_attn: Annotated[str | None, typer.Option(
         "--flash-attn", help="llama.cpp's flash attention: auto (on where the backend has it, "
         "the default), on or off.", show_default=False)] = None,
+    cpu_extra_buffers: Annotated[str | None, typer.Option(
+        "--cpu-extra-buffers", help="llama.cpp's extra CPU weight buffers (repacking, AMX): "
+        "auto (the default: off where llama.cpp would use AMX, which crashes), on or off.",
+        show_default=False)] = None,
     engine: Annotated[str | None, typer.Option(
         "--engine", help="llama (in-process, the default) or openai (an OpenAI-compatible "
         "server: llama-server, vLLM, Ollama, LM Studio).", show_default=False)] = None,
@@ -63,7 +67,7 @@ def _root(
     st = state(ctx)
     st.verbose = st.verbose or verbose
     flags = {"n_ctx": ctx_size, "threads": threads, "n_gpu_layers": gpu_layers,
-             "flash_attn": flash_attn,
+             "flash_attn": flash_attn, "cpu_extra_buffers": cpu_extra_buffers,
              "engine": engine, "base_url": base_url, "api_key_env": api_key_env,
              "concurrency": concurrency}
     if offline:
@@ -93,6 +97,9 @@ def _register() -> None:
     from termlm.cli import summarize_cmd
 
     app.command("summarize")(summarize_cmd.summarize)
+    from termlm.cli import doctor_cmd
+
+    app.command("doctor")(doctor_cmd.doctor)
     app.add_typer(models.app, name="models")
     app.add_typer(prompts_cmd.app, name="prompts")
     app.add_typer(config_cmd.app, name="config")
@@ -105,11 +112,17 @@ def _terminate(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C: stop cleanly, exit 130
 
 
-def main() -> None:
+def _run() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
     app(obj=AppState())
+
+
+def main() -> None:
+    from termlm.crashguard import run_guarded
+
+    run_guarded(_run)
 
 
 __all__ = ["app", "main"]

@@ -145,6 +145,7 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
            check_first: Callable[[Record], None] | None,
            on_result: Callable[[Record, dict[str, Any]], None] | None,
            after: Callable[[], None] | None) -> None:
+    from termlm.crashguard import note_resume
     from termlm.engine.types import CountsTokens
     from termlm.output import notice
     from termlm.records.readers import count_records
@@ -181,6 +182,8 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
         # CSV/TSV columns are fixed by the header: with --keep-fields, add the input's fields
         kept = [str(k) for k in first.fields if str(k) not in (*columns, "error")] \
             if args.keep_fields and first is not None else []
+        if args.output:
+            note_resume(resume_command(["termlm", *sys.argv[1:]]))
         with open_writer(args.output, args.output_format.value, append=args.resume,
                          columns=[*columns, *kept, "error"], warn=notice) as writer:
             before = engine.tokens_evaluated if isinstance(engine, CountsTokens) else None

@@ -33,6 +33,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any, TypeVar
 
+from termlm.engine.backend import extra_buffers
 from termlm.engine.batch_sched import (
     NO_PREFIX,
     Chat,
@@ -108,6 +109,7 @@ class BatchedEngine:
         turn_format: TurnFormat | None = None,
         notify: Any = None,
         flash_attn: str = "auto",
+        cpu_extra_buffers: str = "auto",
     ) -> None:
         started = time.perf_counter()
         if parallel < 1:
@@ -123,7 +125,7 @@ class BatchedEngine:
         self._native = NativeContext(
             llama_cpp, path, n_ctx=n_ctx, n_seq_max=parallel + 1 + n_siblings,
             threads=threads, n_gpu_layers=resolve_gpu_layers(n_gpu_layers),
-            flash_attn=flash_attn)
+            flash_attn=flash_attn, extra_buffers=extra_buffers(cpu_extra_buffers).use)
         if parallel > self._native.n_batch:
             self._native.close()
             raise EngineError(f"parallel {parallel} is more than the batch of "

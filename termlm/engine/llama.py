@@ -16,12 +16,12 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from termlm.engine.backend import patch_llama_defaults
 from termlm.engine.llama_common import (
     PromptFormat,
     StopScanner,
     Utf8Stream,
     Vocab,
-    default_threads,
     gpu_offload_supported,
     json_schema_gbnf,
     llama_cpp_version,
@@ -45,6 +45,7 @@ from termlm.engine.types import (
     collect,
 )
 from termlm.errors import ContextOverflow, EngineError
+from termlm.sysinfo import default_threads
 
 __all__ = ["LlamaEngine", "default_threads", "gpu_offload_supported", "llama_cpp_version",
            "resolve_gpu_layers"]
@@ -66,9 +67,11 @@ class LlamaEngine:
         turn_format: TurnFormat | None = None,
         notify: Any = None,
         flash_attn: bool = True,
+        cpu_extra_buffers: str = "auto",
     ) -> None:
         started = time.perf_counter()
         llama_cpp = package()
+        patch_llama_defaults(cpu_extra_buffers)  # Llama has no option for use_extra_bufts
 
         route_llama_logs(llama_cpp)
         try:
@@ -76,8 +79,8 @@ class LlamaEngine:
                 model_path=path,
                 n_ctx=n_ctx,
                 n_batch=min(512, n_ctx),
-                n_threads=threads,
-                n_threads_batch=threads,
+                n_threads=threads or default_threads(),
+                n_threads_batch=threads or default_threads(),
                 n_gpu_layers=resolve_gpu_layers(n_gpu_layers),
                 seed=seed if seed is not None else llama_cpp.LLAMA_DEFAULT_SEED,
                 flash_attn=flash_attn,  # as BatchedEngine's "auto" resolves on the CPU

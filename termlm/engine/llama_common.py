@@ -12,13 +12,13 @@ import ctypes
 import importlib.util
 import logging
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Literal
 
 from termlm.engine.types import PLAIN_FORMAT, Message, SamplingParams, ScoreRequest, TurnFormat
 from termlm.errors import ContextOverflow, EngineError
+from termlm.sysinfo import default_threads
 
 log = logging.getLogger("termlm.llama")
 _log_callback: Any = None  # keep a reference: ctypes callbacks must outlive their use
@@ -87,10 +87,6 @@ def resolve_gpu_layers(value: int | str) -> int:
 
 def llama_cpp_version() -> str:
     return str(getattr(package(), "__version__", "unknown"))
-
-
-def default_threads() -> int:
-    return max(1, (os.cpu_count() or 2))
 
 
 class Utf8Stream:
@@ -379,7 +375,8 @@ class NativeContext:
     """
 
     def __init__(self, llama_cpp: Any, path: str, *, n_ctx: int, n_seq_max: int,
-                 threads: int | None, n_gpu_layers: int, flash_attn: str) -> None:
+                 threads: int | None, n_gpu_layers: int, flash_attn: str,
+                 extra_buffers: bool = True) -> None:
         from termlm.engine.batch_sched import KvMirror
 
         lib = self._lib = llama_cpp
@@ -391,18 +388,17 @@ class NativeContext:
                               " sequences")
         mparams = lib.llama_model_default_params()
         mparams.n_gpu_layers = n_gpu_layers
+        mparams.use_extra_bufts = extra_buffers  # False: the AMX guard (engine.backend)
         self.model = lib.llama_model_load_from_file(path.encode("utf-8"), mparams)
         if not self.model:
             raise EngineError(f"llama.cpp could not load {path}")
         n_batch = min(512, n_ctx)
-        cpus = os.cpu_count() or 1
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = cparams.n_ubatch = n_batch
         cparams.n_seq_max = n_seq_max
         cparams.kv_unified = True  # one cache shared by all sequences: needed by seq_cp
-        cparams.n_threads = threads or max(cpus // 2, 1)  # as Llama does
-        cparams.n_threads_batch = threads or cpus
+        cparams.n_threads = cparams.n_threads_batch = threads or default_threads()
         cparams.flash_attn_type = {"on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
                                    "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
                                    }.get(flash_attn, lib.LLAMA_FLASH_ATTN_TYPE_AUTO)

@@ -46,6 +46,7 @@ def open_engine(settings: Settings, *, batch: bool = False) -> Engine:
         threads=settings.threads,
         n_gpu_layers=settings.n_gpu_layers,
         flash_attn=settings.flash_attn,
+        cpu_extra_buffers=settings.cpu_extra_buffers,
         seed=settings.seed,
         turn_format=model.turn_format,
         notify=notice,
