@@ -25,6 +25,8 @@ from termlm.engine.types import (
 )
 from termlm.errors import ContextOverflow, EngineError
 
+from .helpers_env import extra_buffers_setting
+
 pytestmark = pytest.mark.model
 
 SYSTEM = "You are a helpful assistant."
@@ -41,12 +43,13 @@ def model_path() -> str:
 def _open(path: str, parallel: int, n_ctx: int = 2048, seed: int | None = None
           ) -> BatchedEngine:
     return BatchedEngine(path, name="smollm2", n_ctx=n_ctx, n_ctx_train=8192,
-                         parallel=parallel, seed=seed)
+                         parallel=parallel, seed=seed, cpu_extra_buffers=extra_buffers_setting())
 
 
 @pytest.fixture(scope="module")
 def llama(model_path: str) -> Iterator[LlamaEngine]:
-    engine = LlamaEngine(model_path, name="smollm2", n_ctx=2048, n_ctx_train=8192)
+    engine = LlamaEngine(model_path, name="smollm2", n_ctx=2048, n_ctx_train=8192,
+                         cpu_extra_buffers=extra_buffers_setting())
     yield engine
     engine.close()
 

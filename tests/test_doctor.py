@@ -14,6 +14,9 @@ from typer.testing import CliRunner
 from termlm import doctor
 from termlm.cli import app
 from termlm.cli.common import AppState
+from termlm.engine.backend import backend_info, decide_extra_buffers
+
+from .helpers_env import extra_buffers_setting
 
 pytestmark = pytest.mark.model  # the live check loads the real default model
 
@@ -47,9 +50,9 @@ def test_doctor_json_has_every_fact() -> None:
     assert data["versions"]["llama_cpp_python_tested"].startswith(">=")
     cpu = data["cpu"]
     assert isinstance(cpu["amx"], bool) and isinstance(cpu["extra_buffer_types"], list)
-    assert cpu["extra_buffers"]["setting"] == "auto"
-    assert cpu["extra_buffers"]["use"] is (not cpu["amx"] or "AMX" not in
-                                           cpu["extra_buffer_types"])
+    setting = extra_buffers_setting()
+    assert cpu["extra_buffers"]["setting"] == setting
+    assert cpu["extra_buffers"]["use"] is decide_extra_buffers(setting, backend_info()).use
     assert isinstance(data["gpu"]["offload_supported"], bool)
     assert data["threads"]["generation"] == data["threads"]["physical_cores"]
     model = data["model"]
