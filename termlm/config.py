@@ -10,8 +10,12 @@ from typing import Any
 from termlm import paths
 from termlm.errors import ConfigError
 
-DEFAULT_MODEL = "smollm2"
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 DEFAULT_CTX_CAP = 4096
+
+# commands a task_models entry may name
+TASK_COMMANDS = ("ask", "chat", "batch", "classify", "extract", "translate", "qa", "summarize",
+                 "eval", "bench", "doctor")
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -28,6 +32,7 @@ class Settings:
     seed: int | None = None
     offline: bool = False
     models: dict[str, str] = field(default_factory=dict)  # local aliases: name -> path
+    task_models: dict[str, str] = field(default_factory=dict)  # command -> model (-m wins)
     parallel: int | None = None  # sequences decoded together; None: chosen from the context
     engine: str = "llama"  # "llama" (in-process) or "openai" (an OpenAI-compatible server)
     base_url: str | None = None  # for engine "openai", e.g. http://127.0.0.1:8080/v1
@@ -112,6 +117,16 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         return value.strip()
     if key == "offline":
         return _parse_bool(key, value, where)
+    if key == "task_models":
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in value.items()
+        ):
+            raise ConfigError(f"{where}: task_models must map command names to models")
+        unknown = sorted(set(value) - set(TASK_COMMANDS))
+        if unknown:
+            raise ConfigError(f"{where}: task_models: unknown command {unknown[0]!r}",
+                              hint=f"commands: {', '.join(TASK_COMMANDS)}")
+        return {k: v.strip() for k, v in value.items()}
     if key == "models":
         if not isinstance(value, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in value.items()
@@ -193,6 +208,54 @@ def load_settings(flags: dict[str, Any] | None = None) -> Settings:
             settings = replace(settings, **values)
             source.update({k: where for k in values})
     return replace(settings, source=source)
+
+
+def model_for(settings: Settings, command: str, flag: str | None) -> str:
+    """The model a command uses: ``-m``, else ``task_models[command]``, else ``model``.
+
+    A ``model`` from a flag or the environment (TERMLM_MODEL) still beats task_models:
+    only the config file's own ``model`` is overridden by a task's entry.
+    """
+    if flag:
+        return flag
+    chosen_from = settings.source.get("model", "default")
+    if command in settings.task_models and not chosen_from.startswith(("flag", "environment")):
+        return settings.task_models[command]
+    return settings.model
+
+
+def update_config_file(changes: dict[str, Any], *, path: Path | None = None) -> Path:
+    """Set ``changes`` in the config file (validated like any setting), atomically.
+
+    A mapping value (``models``) is merged into the file's own. PyYAML drops comments,
+    so a file that had some is kept beside it as ``config.yaml.bak`` first.
+    """
+    import yaml
+
+    target = path or paths.config_file()
+    current = read_config_file(target)
+    raw: dict[str, Any] = {}
+    if target.exists():
+        raw = yaml.safe_load(target.read_text(encoding="utf-8")) or {}
+    for key, value in changes.items():
+        checked = _coerce(key, value, "setting")
+        if isinstance(checked, dict) and isinstance(current.get(key), dict):
+            raw[key] = {**raw.get(key, {}), **checked}
+        else:
+            raw[key] = checked
+    text = yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and "#" in target.read_text(encoding="utf-8"):
+        backup = target.with_name(target.name + ".bak")
+        backup.write_text(target.read_text(encoding="utf-8"), encoding="utf-8")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write config file {target}: {exc}") from None
+    return target
 
 
 def env_var_for(key: str) -> str | None:

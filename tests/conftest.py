@@ -19,14 +19,22 @@ from termlm.cli import app
 from termlm.cli.common import AppState
 from termlm.engine.fake import FakeEngine
 
+PLUMBING_MODEL = "smollm2"  # the tiny one: tests that check plumbing, not answers
+
 
 @pytest.fixture(autouse=True)
-def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                   request: pytest.FixtureRequest) -> None:
     monkeypatch.setenv("TERMLM_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("TERMLM_STATE_DIR", str(tmp_path / "state"))
     for var in ("TERMLM_MODEL", "TERMLM_OFFLINE", "TERMLM_CTX", "TERMLM_THREADS",
                 "TERMLM_GPU_LAYERS", "TERMLM_SEED", "TERMLM_CONFIG", "NO_COLOR"):
         monkeypatch.delenv(var, raising=False)
+    # Tests run on the tiny model for speed unless they are about the default model's
+    # answers (marked default_model), which run on the real default, as a user gets it.
+    if (request.node.get_closest_marker("model") is not None
+            and request.node.get_closest_marker("default_model") is None):
+        monkeypatch.setenv("TERMLM_MODEL", PLUMBING_MODEL)
 
 
 @dataclass

@@ -24,7 +24,7 @@ def _write_config(text: str) -> Path:
 
 def test_defaults_without_a_config_file() -> None:
     settings = load_settings()
-    assert settings.model == "smollm2"
+    assert settings.model == "qwen2.5-coder-0.5b"
     assert settings.offline is False
     assert settings.source["model"] == "default"
 

@@ -46,12 +46,14 @@ def test_list_plain_text_when_piped(cli: Cli, tmp_path: Path, models: Path) -> N
     write_config(tmp_path, f"models:\n  mine: {mine}\n  gone: {tmp_path / 'gone.gguf'}\n")
     result = cli("models", "list")
     assert result.exit_code == 0, result.stderr
+    # name, params, quant, size, memory needed, fits, tags, pulled, default, license, notes
     rows = {line.split("\t")[0]: line.split("\t") for line in result.stdout.splitlines()}
-    assert rows["smollm2"][1:4] == ["98 MB", "no", "default"]
-    assert rows["smollm2"][4] == "Apache-2.0"
-    assert rows["gemma3-270m"][1:4] == ["253 MB", "yes", "-"]
-    assert rows["mine"][2] == "local"
-    assert rows["gone"][1:3] == ["-", "missing"]
+    assert rows["smollm2"][1:4] == ["134.5M", "Q4_1", "98 MB"]
+    assert rows["smollm2"][6:10] == ["chat", "no", "-", "Apache-2.0"]
+    assert rows["qwen2.5-coder-0.5b"][8] == "default"
+    assert rows["gemma3-270m"][3] == "253 MB" and rows["gemma3-270m"][7] == "yes"
+    assert rows["mine"][7] == "local"
+    assert rows["gone"][3] == "-" and rows["gone"][7] == "missing"
 
 
 def test_list_json_marks_the_configured_default(cli: Cli, tmp_path: Path) -> None:
@@ -90,11 +92,48 @@ def test_info_text(cli: Cli, tmp_path: Path) -> None:
     fields = {k: v.strip() for k, v in fields.items()}
     assert fields["architecture"] == "llama"
     assert fields["parameters"] == "152.8K"
-    assert fields["heads"] == "4 (kv 2)"
+    assert fields["attention heads"] == "4" and fields["KV heads"] == "2"
+    assert fields["layers"].isdigit() and fields["embedding size"].isdigit()
     assert fields["vocab"] == "2000"
     assert fields["trained context"] == "2048"
     assert fields["chat template"].startswith("no")
+    assert "bits per weight" in fields["quantization"]
+    assert fields["memory at 2048"].endswith("(estimate)")
+    assert " + KV cache " in fields["memory at 2048"]
+    assert fields["fits here"].startswith(("yes", "NO", "unknown"))
     assert fields["path"] == str(path)
+
+
+def test_info_json_has_the_memory_at_the_context(cli: Cli, tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "tiny.gguf", tiny_llama_spec(vocab=2000))
+    result = cli("--ctx", "1024", "models", "info", "--json", str(path))
+    data = json.loads(result.stdout)
+    memory = data["memory"]
+    assert memory["n_ctx"] == 1024
+    assert memory["total"] == memory["weights"] + memory["kv_cache"] + memory["compute"]
+    assert memory["kv_cache"] > 0 and isinstance(memory["fits"], bool)
+    assert data["bits_per_weight"] > 0
+
+
+@pytest.mark.model
+def test_kv_estimate_matches_what_llama_cpp_allocates() -> None:
+    """The estimate's KV cache is the buffer llama.cpp reports for the same context."""
+    import re
+    import subprocess
+    import sys
+
+    from termlm.config import Settings
+    from termlm.models.memory import kv_cache_bytes
+    from termlm.models.resolve import resolve_model
+
+    header = resolve_model("smollm2", Settings()).header
+    proc = subprocess.run([sys.executable, "-m", "termlm", "-v", "--ctx", "4096", "batch",
+                           "-p", "{text}", "-n", "1", "-P", "1"], input="hi\n",
+                          capture_output=True, text=True, timeout=300, check=False,
+                          env={**__import__("os").environ, "TERMLM_MODEL": "smollm2"})
+    found = re.search(r"KV buffer size =\s*([\d.]+) MiB", proc.stderr)
+    assert found, proc.stderr[-2000:]
+    assert float(found.group(1)) * 2**20 == pytest.approx(kv_cache_bytes(header, 4096), rel=0.02)
 
 
 def test_info_of_a_catalog_model_shows_its_turn_format(cli: Cli, models: Path) -> None:

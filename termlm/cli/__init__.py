@@ -66,6 +66,7 @@ def _root(
 ) -> None:
     st = state(ctx)
     st.verbose = st.verbose or verbose
+    st.command = ctx.invoked_subcommand
     flags = {"n_ctx": ctx_size, "threads": threads, "n_gpu_layers": gpu_layers,
              "flash_attn": flash_attn, "cpu_extra_buffers": cpu_extra_buffers,
              "engine": engine, "base_url": base_url, "api_key_env": api_key_env,
@@ -100,6 +101,7 @@ def _register() -> None:
     from termlm.cli import doctor_cmd
 
     app.command("doctor")(doctor_cmd.doctor)
+
     app.add_typer(models.app, name="models")
     app.add_typer(prompts_cmd.app, name="prompts")
     app.add_typer(config_cmd.app, name="config")

@@ -6,12 +6,12 @@ import functools
 import logging
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from termlm.config import Settings, load_settings
+from termlm.config import Settings, load_settings, model_for
 from termlm.engine.types import Engine
 from termlm.errors import ExitCode, TermlmError
 
@@ -27,11 +27,18 @@ class AppState:
     verbose: bool = False
     flags: dict[str, Any] = field(default_factory=dict)
     engine_factory: EngineFactory | None = None
+    command: str | None = None  # the subcommand, for task_models
 
     def settings(self, **command_flags: Any) -> Settings:
         merged = dict(self.flags)
         merged.update({k: v for k, v in command_flags.items() if v is not None})
-        return load_settings(merged)
+        settings = load_settings(merged)
+        if self.command and "model" not in merged:
+            chosen = model_for(settings, self.command, None)
+            if chosen != settings.model:
+                source = {**settings.source, "model": f"task_models.{self.command}"}
+                settings = replace(settings, model=chosen, source=source)
+        return settings
 
     def open_engine(self, settings: Settings, *, batch: bool = False) -> Engine:
         """The engine for ``settings``; ``batch`` asks for a multi-sequence one (record tasks)."""

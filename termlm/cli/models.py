@@ -41,68 +41,134 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
-def _rows(settings: Settings) -> list[dict[str, Any]]:
+def _need(settings: Settings, path: Path | None, entry: Any) -> tuple[int, int | None]:
+    """(context, bytes needed there) from the file's header when it is here, else from
+    the catalog's numbers; (context, None) when neither says."""
+    from termlm.engine.loader import effective_ctx
+    from termlm.errors import ModelFileError
+    from termlm.models.gguf import read_gguf
+    from termlm.models.memory import catalog_memory_need, memory_need
+
+    if path is not None and path.is_file():
+        try:
+            header = read_gguf(path)
+        except ModelFileError:
+            return settings.n_ctx, None
+        n_ctx = effective_ctx(settings.n_ctx, header.context_length)
+        return n_ctx, memory_need(header, n_ctx).total
+    if entry is not None and entry.arch is not None:
+        n_ctx = effective_ctx(settings.n_ctx, entry.context)
+        return n_ctx, catalog_memory_need(entry.size, entry.arch, n_ctx).total
+    return settings.n_ctx, None
+
+
+def _rows(settings: Settings, task: str | None = None) -> list[dict[str, Any]]:
     from termlm.models.catalog import load_catalog
+    from termlm.models.memory import free_memory_for
     from termlm.models.resolve import is_pulled, local_path
+
+    where, free = free_memory_for(settings.n_gpu_layers)
+
+    def fits(need: int | None) -> bool | None:
+        return None if need is None or free is None else need <= free
 
     rows: list[dict[str, Any]] = []
     for name, entry in load_catalog().items():
+        if task is not None and task not in entry.tags:
+            continue
+        pulled = is_pulled(entry)
+        n_ctx, need = _need(settings, local_path(entry) if pulled else None, entry)
         rows.append({
             "name": name, "kind": "catalog", "default": name == settings.model,
-            "size": entry.size, "pulled": is_pulled(entry), "license": entry.license,
-            "notes": entry.notes, "path": str(local_path(entry)),
+            "params": entry.params, "quant": entry.quant, "context": entry.context,
+            "size": entry.size, "n_ctx": n_ctx, "memory_needed": need, "memory": where,
+            "fits": fits(need), "tags": list(entry.tags), "pulled": pulled,
+            "license": entry.license, "notes": entry.notes, "path": str(local_path(entry)),
             "source": [str(s) for s in entry.sources],
+            "sources": [[str(s) for s in alt] for alt in entry.alternatives],
         })
+    if task is not None:
+        return rows
     for name, raw in sorted(settings.models.items()):
         path = Path(raw).expanduser()
         size = path.stat().st_size if path.is_file() else None
+        n_ctx, need = _need(settings, path, None)
         rows.append({
-            "name": name, "kind": "alias", "default": name == settings.model, "size": size,
+            "name": name, "kind": "alias", "default": name == settings.model,
+            "params": None, "quant": None, "context": None, "size": size, "n_ctx": n_ctx,
+            "memory_needed": need, "memory": where, "fits": fits(need), "tags": [],
             "pulled": size is not None, "license": "", "notes": f"local alias for {path}",
-            "path": str(path), "source": [str(path)],
+            "path": str(path), "source": [str(path)], "sources": [[str(path)]],
         })
     return rows
 
 
+TaskOpt = Annotated[str | None, typer.Option(
+    "--task", help="Only models tagged for this task: chat, translate, classify, extract, "
+    "code, long-context.", show_default=False)]
+
+
 @app.command("list")
 @handles_errors
-def list_models(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def list_models(ctx: typer.Context, as_json: JsonOpt = False, task: TaskOpt = None) -> None:
     """List catalog models and your local aliases.
 
-    Shows each model's size, whether it is pulled, and its license; * marks the default.
+    For each: parameters, quantization, download size, the memory it needs at the
+    configured context (--ctx), whether that fits this machine's free RAM (VRAM with a
+    GPU build), its task tags and whether it is pulled; * marks the default.
 
-    Example: termlm models list --json
+    Example: termlm models list --task translate
     """
+    from termlm.errors import UsageError
+    from termlm.models.catalog import TAGS
     from termlm.models.pull import human_size
     from termlm.output import is_tty, out_console
 
-    rows = _rows(state(ctx).settings())
+    if task is not None and task not in TAGS:
+        raise UsageError(f"unknown task {task!r}; choose from {', '.join(TAGS)}")
+    settings = state(ctx).settings()
+    rows = _rows(settings, task)
     if as_json:
         _out(json.dumps(rows, indent=2))
         return
 
-    def size(row: dict[str, Any]) -> str:
-        return human_size(row["size"]) if row["size"] is not None else "-"
+    def size(value: int | None) -> str:
+        return human_size(value) if value is not None else "-"
 
     def pulled(row: dict[str, Any]) -> str:
         if row["kind"] == "alias":
             return "local" if row["pulled"] else "missing"
         return "yes" if row["pulled"] else "no"
 
+    def fits(row: dict[str, Any]) -> str:
+        return {True: "yes", False: "no", None: "?"}[row["fits"]]
+
+    def cells(row: dict[str, Any]) -> list[str]:
+        return [row["name"], human_count(row["params"]) if row["params"] else "-",
+                row["quant"] or "-", size(row["size"]), size(row["memory_needed"]), fits(row),
+                ",".join(row["tags"]) or "-", pulled(row)]
+
     if not is_tty(sys.stdout):
-        for row in rows:  # name, size, pulled, default, license, notes
-            _out("\t".join([row["name"], size(row), pulled(row),
-                            "default" if row["default"] else "-", row["license"] or "-",
-                            row["notes"] or "-"]))
+        # name, params, quant, size, memory needed, fits, tags, pulled, default, license, notes
+        for row in rows:
+            _out("\t".join([*cells(row), "default" if row["default"] else "-",
+                            row["license"] or "-", row["notes"] or "-"]))
         return
     from rich.table import Table
 
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("name", "size", "pulled", "license", "notes"):
-        table.add_column(column, justify="right" if column == "size" else "left")
+    where = rows[0]["memory"].upper() if rows else "RAM"
+    n_ctx = settings.n_ctx
+    table = Table(box=None, pad_edge=False, header_style="bold",
+                  caption=f"memory: weights + KV cache + compute at context {n_ctx} (capped "
+                  f"by each model's own); fits: in this machine's free {where}",
+                  caption_justify="left")
+    right = {"params", "size", f"{where} at {n_ctx}"}
+    for column in ("name", "params", "quant", "size", f"{where} at {n_ctx}", "fits", "tags",
+                   "pulled", "notes"):
+        table.add_column(column, justify="right" if column in right else "left")
     for row in rows:
-        name = f"{row['name']} *" if row["default"] else row["name"]
-        table.add_row(name, size(row), pulled(row), row["license"], row["notes"])
+        first, *rest = cells(row)
+        table.add_row(f"{first} *" if row["default"] else first, *rest, row["notes"])
     out_console().print(table)
 
 
@@ -142,34 +208,48 @@ def _resolve(ctx: typer.Context, name: str) -> ResolvedModel:
     return resolve_model(name, state(ctx).settings(), allow_pull=False)
 
 
-def _info_lines(resolved: ResolvedModel, header: GGUFHeader) -> list[tuple[str, str]]:
+def _info_lines(resolved: ResolvedModel, header: GGUFHeader, settings: Settings
+                ) -> list[tuple[str, str]]:
+    from termlm.engine.loader import effective_ctx
+    from termlm.models.memory import free_memory_for, memory_need
     from termlm.models.pull import human_size
 
     def known(value: int | None) -> str:
         return "unknown" if value is None else str(value)
 
-    heads = known(header.head_count)
-    if header.head_count_kv is not None and header.head_count_kv != header.head_count:
-        heads += f" (kv {header.head_count_kv})"
     if header.has_chat_template:
         template = "yes"
     elif resolved.turn_format is not None:
         template = f"no (termlm uses the catalog's {resolved.turn_format.name} turn format)"
     else:
         template = "no (termlm uses a plain User:/Assistant: format)"
+    n_ctx = effective_ctx(settings.n_ctx, header.context_length)
+    need = memory_need(header, n_ctx)
+    where, free = free_memory_for(settings.n_gpu_layers)
+    fits = need.fits(free)
+    verdict = {True: "yes", False: "NO", None: "unknown"}[fits]
+    bpw = header.bits_per_weight
     return [
         ("name", resolved.name),
         ("model", header.name or "unknown"),
         ("architecture", header.architecture or "unknown"),
         ("parameters", human_count(header.parameter_count)),
-        ("quantization", header.quantization or "unknown"),
-        ("trained context", known(header.context_length)),
+        ("quantization", (header.quantization or "unknown")
+         + (f", {bpw:.2f} bits per weight" if bpw else "")),
         ("layers", known(header.block_count)),
-        ("heads", heads),
+        ("attention heads", known(header.head_count)),
+        ("KV heads", known(header.head_count_kv or header.head_count)),
         ("embedding size", known(header.embedding_length)),
+        ("feed-forward size", known(header.feed_forward_length)),
         ("vocab", known(header.vocab_size)),
+        ("trained context", known(header.context_length)),
         ("chat template", template),
         ("file size", f"{human_size(header.file_size)} ({header.file_size} bytes)"),
+        (f"memory at {n_ctx}", f"{human_size(need.total)} = weights {human_size(need.weights)}"
+         f" + KV cache {human_size(need.kv_cache)} + compute {human_size(need.compute)} "
+         "(estimate)"),
+        ("fits here", f"{verdict} ({human_size(free) if free is not None else 'unknown'} "
+         f"free {where.upper()})"),
         ("path", str(header.path)),
     ]
 
@@ -179,23 +259,34 @@ def _info_lines(resolved: ResolvedModel, header: GGUFHeader) -> list[tuple[str, 
 def info(ctx: typer.Context, name: NameArg, as_json: JsonOpt = False) -> None:
     """Show a model's details, read from its GGUF header.
 
-    Architecture, parameters, quantization, trained context, layers, heads, vocabulary
-    and chat template. Weights are never loaded, and nothing is downloaded.
+    The architecture in the terms a transformer is taught in (layers, attention and KV
+    heads, embedding and feed-forward sizes, vocabulary, trained context), the
+    quantization and its bits per weight, the memory it needs at the configured context
+    (--ctx: weights + KV cache + compute buffer), and whether that fits here. Weights are
+    never loaded, and nothing is downloaded.
 
-    Example: termlm models info smollm2
+    Example: termlm --ctx 8192 models info qwen2.5-coder-0.5b
     """
+    from termlm.engine.loader import effective_ctx
     from termlm.models.gguf import read_gguf
+    from termlm.models.memory import free_memory_for, memory_need
 
+    settings = state(ctx).settings()
     resolved = _resolve(ctx, name)
     header = read_gguf(resolved.path)
     if as_json:
         fields = header.to_dict()
         fields["model_name"] = fields.pop("name")
         data = {"name": resolved.name, **fields}
+        n_ctx = effective_ctx(settings.n_ctx, header.context_length)
+        need = memory_need(header, n_ctx)
+        where, free = free_memory_for(settings.n_gpu_layers)
+        data["memory"] = {**need.to_dict(), "free": free, "in": where,
+                          "fits": need.fits(free)}
         data["catalog"] = resolved.entry.to_dict() if resolved.entry else None
         _out(json.dumps(data, indent=2, ensure_ascii=False))
         return
-    lines = _info_lines(resolved, header)
+    lines = _info_lines(resolved, header, settings)
     width = max(len(key) for key, _ in lines) + 1
     for key, value in lines:
         _out(f"{key + ':':<{width}} {value}")
@@ -258,3 +349,8 @@ def rm(
             raise typer.Exit(1)
     target.unlink()
     stderr_notify(f"deleted {target} ({size})")
+
+
+from termlm.cli.quantize_cmd import quantize  # noqa: E402 - the command lives in its own module
+
+app.command("quantize")(quantize)

@@ -152,6 +152,7 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
     from termlm.records.resume import load_done, resume_command
     from termlm.records.writers import open_writer
     from termlm.runner import RunOptions, prepare, run_records
+    from termlm.runstats import record
 
     first, any_record, records = _peek(reader)
     if not any_record:
@@ -193,6 +194,8 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
     finally:
         engine.close()
     notice(summary.line())
+    record(records=summary.done, ok=summary.ok, failed=summary.failed, run_s=summary.seconds,
+           tokens_evaluated=summary.tokens_evaluated, prompt_tokens=summary.prompt_tokens)
     if summary.interrupted:
         notice(f"interrupted after {summary.done} records this run")
         if args.output:

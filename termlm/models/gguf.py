@@ -158,6 +158,20 @@ class GGUFHeader:
         return _as_int(self._arch_key("embedding_length"))
 
     @property
+    def feed_forward_length(self) -> int | None:
+        return _as_int(self._arch_key("feed_forward_length"))
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.n_bytes or 0 for t in self.tensors)
+
+    @property
+    def bits_per_weight(self) -> float | None:
+        """Average storage bits per parameter over every tensor (4.5 for pure Q4_0)."""
+        count = self.parameter_count
+        return self.tensor_bytes * 8 / count if count else None
+
+    @property
     def vocab_size(self) -> int | None:
         explicit = _as_int(self._arch_key("vocab_size"))
         if explicit is not None:
@@ -191,6 +205,9 @@ class GGUFHeader:
             "head_count": self.head_count,
             "head_count_kv": self.head_count_kv,
             "embedding_length": self.embedding_length,
+            "feed_forward_length": self.feed_forward_length,
+            "bits_per_weight": None if self.bits_per_weight is None
+            else round(self.bits_per_weight, 3),
             "vocab_size": self.vocab_size,
             "has_chat_template": self.has_chat_template,
             "tensor_count": self.tensor_count,

@@ -76,3 +76,30 @@ def memory_need(header: GGUFHeader, n_ctx: int) -> MemoryNeed:
     return MemoryNeed(n_ctx=n_ctx, weights=weight_bytes(header),
                       kv_cache=kv_cache_bytes(header, n_ctx),
                       compute=compute_bytes(header, min(512, n_ctx)))
+
+
+def catalog_memory_need(size: int, arch: Any, n_ctx: int) -> MemoryNeed:
+    """The same estimate from a catalog entry's download size and ``arch`` numbers, for a
+    model not pulled yet (``arch`` is a :class:`~termlm.models.catalog.Arch`)."""
+    n_batch = min(512, n_ctx)
+    kv = arch.layers * n_ctx * arch.kv_heads * 2 * arch.head_dim * KV_BYTES
+    compute = n_batch * (arch.vocab + 4 * arch.embedding) * 4 + _OVERHEAD
+    return MemoryNeed(n_ctx=n_ctx, weights=size, kv_cache=kv, compute=compute)
+
+
+def free_memory_for(n_gpu_layers: int | str) -> tuple[str, int | None]:
+    """Where the weights go and how much room there is: ("vram", free) when a GPU build
+    offloads, else ("ram", available)."""
+    from termlm import sysinfo
+
+    if n_gpu_layers != 0:
+        try:
+            from termlm.engine.backend import backend_info
+            from termlm.engine.llama_common import gpu_offload_supported
+
+            gpus = [d for d in backend_info().gpus if d.memory_total]
+            if gpus and gpu_offload_supported():
+                return "vram", max(d.memory_free for d in gpus)
+        except Exception:  # no llama.cpp here: RAM is what there is
+            pass
+    return "ram", sysinfo.available_ram()

