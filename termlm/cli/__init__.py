@@ -101,7 +101,9 @@ def _register() -> None:
     from termlm.cli import doctor_cmd
 
     app.command("doctor")(doctor_cmd.doctor)
+    from termlm.cli import bench_cmd
 
+    app.command("bench")(bench_cmd.bench)
     app.add_typer(models.app, name="models")
     app.add_typer(prompts_cmd.app, name="prompts")
     app.add_typer(config_cmd.app, name="config")
