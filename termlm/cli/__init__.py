@@ -101,6 +101,9 @@ def _register() -> None:
     from termlm.cli import doctor_cmd
 
     app.command("doctor")(doctor_cmd.doctor)
+    from termlm.cli import eval_cmd
+
+    app.command("eval")(eval_cmd.eval_)
     from termlm.cli import bench_cmd
 
     app.command("bench")(bench_cmd.bench)

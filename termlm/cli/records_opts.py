@@ -118,8 +118,12 @@ def _peek(records: Iterator[Record]) -> tuple[Record | None, bool, Iterator[Reco
 def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
           columns: list[str], check_first: Callable[[Record], None] | None = None,
           on_result: Callable[[Record, dict[str, Any]], None] | None = None,
-          after: Callable[[], None] | None = None) -> None:
-    """Read records, run ``task`` on each, write them; exit with the documented code."""
+          after: Callable[[], None] | None = None,
+          before: Callable[[Any], None] | None = None) -> None:
+    """Read records, run ``task`` on each, write them; exit with the documented code.
+
+    ``before`` gets the engine once it is open, before the first record (classify's
+    calibration)."""
     from termlm.output import notice
     from termlm.records.readers import expand_inputs, read_records
 
@@ -134,7 +138,7 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
                           encoding_errors=args.encoding_errors.value, warn=notice)
     try:
         _drive(st, args, model, task, columns, sources, fmt, reader, check_first, on_result,
-               after)
+               after, prepare_engine=before)
     finally:
         # release the inputs now, even when stopped early (--limit, --fail-fast, errors)
         cast(Generator[Record, None, None], reader).close()
@@ -144,7 +148,8 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
            sources: list[Source], fmt: str | None, reader: Iterator[Record],
            check_first: Callable[[Record], None] | None,
            on_result: Callable[[Record, dict[str, Any]], None] | None,
-           after: Callable[[], None] | None) -> None:
+           after: Callable[[], None] | None,
+           prepare_engine: Callable[[Any], None] | None = None) -> None:
     from termlm.crashguard import note_resume
     from termlm.engine.types import CountsTokens
     from termlm.output import notice
@@ -172,6 +177,8 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
             notice(f"record {first.id}: {n_tokens} prompt tokens (context {engine.info.n_ctx})"
                    + (", truncated" if truncated else ""))
             return
+        if prepare_engine is not None:
+            prepare_engine(engine)
         done = load_done(args.output, args.output_format.value, warn=notice) \
             if args.resume and args.output else None
         show = args.progress if args.progress is not None else _stderr_tty()

@@ -138,6 +138,11 @@ def classify(
                                               "whose probability reaches --threshold.")] = False,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Probability for --multi-label.")] = 0.5,
+    calibrate: Annotated[bool, typer.Option(
+        "--calibrate", help="Score the labels once on content-free inputs and divide each "
+        "record's probabilities by that prior (Calibrate Before Use, Zhao et al. 2021), so "
+        "a label the model prefers regardless of the text stops winning by default.")
+    ] = False,
     gold_field: Annotated[str | None, typer.Option(
         "--gold-field", help="Input field with the true label: print accuracy, macro-F1, "
         "per-label precision/recall and a confusion matrix on stderr.",
@@ -178,7 +183,15 @@ def classify(
     if report is not None and gold_field is None:
         raise UsageError("--report needs --gold-field")
     task = ClassifyTask(tuple(label_list), load_template(template or "classify"),
-                        multi_label=multi_label, threshold=threshold)
+                        multi_label=multi_label, threshold=threshold, calibrate=calibrate)
+
+    def before(engine: object) -> None:
+        if calibrate:
+            from termlm.output import notice
+
+            prior = task.calibrate_on(engine)  # type: ignore[arg-type]
+            notice("calibrated: prior " + ", ".join(
+                f"{label.name} {p:.3f}" for label, p in zip(label_list, prior, strict=True)))
     gold = GoldReport([label.name for label in label_list]) if gold_field else None
 
     def on_result(record: Record, out: dict[str, object]) -> None:
@@ -201,7 +214,8 @@ def classify(
     args = _args(locals())
     columns = ["id", "label", "confidence", *(["labels"] if multi_label else []), "scores",
                "truncated"]
-    drive(state(ctx), args, model, task, columns, on_result=on_result, after=after)
+    drive(state(ctx), args, model, task, columns, on_result=on_result, after=after,
+          before=before)
 
 
 @handles_errors

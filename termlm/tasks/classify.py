@@ -83,6 +83,9 @@ def _checked(labels: list[Label]) -> list[Label]:
     return labels
 
 
+CONTENT_FREE = ("N/A", "", "[MASK]")  # the content-free inputs of Zhao et al. (2021)
+
+
 def softmax(logprobs: list[float]) -> list[float]:
     top = max(logprobs)
     if top == -math.inf:  # no label is possible at all: no preference (not NaN)
@@ -99,7 +102,9 @@ class ClassifyTask:
     multi_label: bool = False
     threshold: float = 0.5
     name: str = "classify"
+    calibrate: bool = False
     _system: list[str] = field(default_factory=list, compare=False)
+    _prior: list[float] = field(default_factory=list, compare=False)  # set by calibrate_on
 
     def system_text(self) -> str:
         if not self._system:
@@ -139,16 +144,45 @@ class ClassifyTask:
     def kind(self) -> str:
         return "score"
 
-    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record
+    def request(self, engine: Engine, messages: tuple[Message, ...], record: Record | None
                 ) -> ScoreRequest:
         names = tuple(label.name for label in self.labels)
         return ScoreRequest(messages, names, terminate=self.needs_end)
+
+    def calibrate_on(self, engine: Engine) -> list[float]:
+        """Score the labels on content-free inputs once: the model's prior over them.
+
+        "Calibrate Before Use" (Zhao et al., 2021): the average label distribution for
+        "N/A", "" and "[MASK]"; each record's scores are then divided by it, so a label
+        the model favours whatever the text stops winning by default.
+        """
+        from termlm.engine.types import score_many
+        from termlm.errors import EngineError
+
+        requests = [self.request(engine, self.messages(text, Record(id="calibration",
+                                                                      text=text)), None)
+                    for text in CONTENT_FREE]
+        dists = []
+        for result in score_many(engine, requests):
+            if isinstance(result, Exception):
+                raise EngineError(f"cannot calibrate the labels: {result}")
+            dists.append(softmax([s.logprob for s in result]))
+        prior = [sum(d[i] for d in dists) / len(dists) for i in range(len(self.labels))]
+        self._prior[:] = prior
+        return prior
+
+    def probabilities(self, result: list[Score]) -> list[float]:
+        logprobs = [s.logprob for s in result]
+        if self._prior:
+            logprobs = [lp - math.log(max(p, 1e-12)) for lp, p in
+                        zip(logprobs, self._prior, strict=True)]
+        return softmax(logprobs)
 
     def finish(self, result: Completion | list[Score], record: Record,
                request: object = None) -> dict[str, Any]:
         assert isinstance(result, list)
         names = tuple(label.name for label in self.labels)
-        probs = softmax([s.logprob for s in result])
+        probs = self.probabilities(result)
         table = {name: round(p, 6) for name, p in zip(names, probs, strict=True)}
         best = max(range(len(names)), key=lambda i: probs[i])
         out: dict[str, Any] = {"label": names[best], "confidence": round(probs[best], 6)}
