@@ -248,13 +248,12 @@ def update_config_file(changes: dict[str, Any], *, path: Path | None = None) -> 
     if target.exists() and "#" in target.read_text(encoding="utf-8"):
         backup = target.with_name(target.name + ".bak")
         backup.write_text(target.read_text(encoding="utf-8"), encoding="utf-8")
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    from termlm.fileio import write_atomic
+
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
+        write_atomic(target, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write config file {target}: {exc}") from None
+        raise ConfigError(f"cannot write config file {target}: {exc.strerror or exc}") from None
     return target
 
 

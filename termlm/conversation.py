@@ -15,7 +15,6 @@ can pick it up.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,13 +157,11 @@ class Conversation:
     def save(self, path: Path, model: str | None = None) -> None:
         """Write the transcript (atomically: a half-written file never replaces a good one)."""
         text = json.dumps(self.to_dict(model), ensure_ascii=False, indent=2) + "\n"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        from termlm.fileio import write_atomic
+
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            write_atomic(path, text)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             raise TermlmError(f"cannot save the chat to {path}: {exc.strerror or exc}") from None
 
     @classmethod

@@ -7,7 +7,6 @@ written atomically. A file that fails does not stop the others.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
@@ -31,6 +30,7 @@ from termlm.cli.common import (
     state,
 )
 from termlm.errors import ExitCode, InputError, TermlmError, UsageError
+from termlm.fileio import write_atomic
 
 if TYPE_CHECKING:
     from termlm.chains import Chain
@@ -194,23 +194,6 @@ def _check_dir(out: Path) -> None:
     except OSError as exc:
         raise TermlmError(f"cannot write to output directory {out}: "
                           f"{exc.strerror or exc}") from None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fp:
-            fp.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def _read(source: Source) -> tuple[str, str] | None:

@@ -40,7 +40,7 @@ def score_classify(outputs: Sequence[Mapping[str, Any]], golds: Sequence[Any],
     for out, gold in zip(outputs, golds, strict=True):
         label = out.get("label")
         valid += label in labels
-        report.add(gold, str(label))
+        report.add(gold, str(label) if label in labels else "(no label)")
     data = report.to_dict()
     return {"accuracy": data["accuracy"], "macro_f1": data["macro_f1"],
             "valid_labels": _share(valid, len(outputs))}

@@ -22,9 +22,10 @@ class GoldReport:
 
     def to_dict(self) -> dict[str, Any]:
         names = list(self.labels)
-        for gold, _ in self.pairs:
-            if gold not in names:
-                names.append(gold)  # a gold label outside the label set still counts
+        for pair in self.pairs:
+            for name in pair:  # a gold label outside the label set still counts, and so
+                if name not in names:  # does a failed prediction (eval's "(no label)")
+                    names.append(name)
         matrix = {g: {p: 0 for p in names} for g in names}
         for gold, predicted in self.pairs:
             matrix[gold][predicted] += 1
