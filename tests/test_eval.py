@@ -20,7 +20,7 @@ from .conftest import Cli
 def test_normalize_folds_case_punctuation_and_space() -> None:
     assert scoring.normalize("  Lyon,  FRANCE. ") == "lyon france"
     assert scoring.normalize(None) == ""
-    assert scoring.normalize("Ｐａｒｉｓ") == "paris"  # NFKC
+    assert scoring.normalize("\uff30\uff41\uff52\uff49\uff53") == "paris"  # NFKC: fullwidth
 
 
 def test_classify_scores() -> None:

@@ -58,7 +58,9 @@ def summarize(task: str, results: Sequence[RunResult]) -> dict[str, Any]:
         if len(known) < 2:
             continue
         target = max(v for _, v in known) if col.higher_is_better else min(v for _, v in known)
-        best[col.key] = [i for i, v in known if v == target]
+        winners = [i for i, v in known if v == target]
+        if len(winners) < len(known):  # when every run ties, no run is the best
+            best[col.key] = winners
     primary = f"q:{PRIMARY[task]}"
     points = [(_value(r, primary) or 0.0, _value(r, "records_per_s") or 0.0) for r in ok]
     front_ok = pareto(points)
