@@ -99,9 +99,49 @@ def test_patching_twice_does_not_stack() -> None:
 @pytest.mark.model
 @pytest.mark.parametrize("setting", ["on", "off"])
 def test_verbose_says_which_was_chosen_and_why(setting: str) -> None:
+    if setting == "on" and backend_info().has_amx_buffers:
+        pytest.skip("on an AMX machine, 'on' is the crash itself")
     proc = subprocess.run([sys.executable, "-m", "termlm", "-v", "--cpu-extra-buffers",
                            setting, "ask", "-n", "4", "--temperature", "0", "hi"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert f"cpu extra buffers {setting} by setting" in proc.stderr
     assert proc.stdout.strip()
+
+
+def _load_log(caplog: pytest.LogCaptureFixture, setting: str) -> str:
+    """llama.cpp's load log for the default model (it has Q4_K weights, which llama.cpp
+    repacks on AVX2 when the extra buffer types are used)."""
+    import logging
+
+    from termlm.config import Settings
+    from termlm.engine.batched import BatchedEngine
+    from termlm.models.resolve import resolve_model
+
+    model = resolve_model("qwen2.5-coder-0.5b", Settings())
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="termlm.llama"):
+        engine = BatchedEngine(str(model.path), name=model.name, n_ctx=256, n_ctx_train=32768,
+                               parallel=1, cpu_extra_buffers=setting)
+        engine.close()
+    return caplog.text
+
+
+@pytest.mark.model
+def test_the_guard_loads_without_extra_buffers_where_amx_would_be_used(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """With llama.cpp reporting an AMX buffer type, auto loads the weights as plain CPU
+    buffers; with llama.cpp's real list here, auto keeps what llama.cpp offers."""
+    import termlm.engine.backend as backend
+
+    real = backend_info()
+    if "CPU_REPACK" not in real.extra_buffer_types:
+        pytest.skip("this build offers no CPU_REPACK buffer type to tell the two apart")
+    here = _load_log(caplog, "auto")
+    assert ("CPU_REPACK model buffer" in here) is (not real.has_amx_buffers)
+    fake = BackendInfo(real.cpu_features, ("AMX", *real.extra_buffer_types), real.devices)
+    monkeypatch.setattr(backend, "backend_info", lambda: fake)
+    guarded = _load_log(caplog, "auto")
+    assert "cpu extra buffers off: llama.cpp would put the weights in its AMX" in guarded
+    assert "CPU_REPACK model buffer" not in guarded
+    assert "CPU_Mapped model buffer" in guarded
