@@ -30,8 +30,11 @@ GUARDED = Path(__file__).resolve().parent.parent / "scripts" / "llama_guarded.py
 
 def run(*args: str, input: str | None = None, timeout: float = 180
         ) -> subprocess.CompletedProcess[str]:
+    # no TERMLM_MODEL: with the model left at its default, termlm asks the server for
+    # the model it serves (what a user of --engine openai gets)
+    env = {k: v for k, v in os.environ.items() if k != "TERMLM_MODEL"}
     return subprocess.run([*TERMLM, *args], input=input, capture_output=True, text=True,
-                          env=dict(os.environ), timeout=timeout, check=False)
+                          env=env, timeout=timeout, check=False)
 
 
 class LlamaServer:
