@@ -27,7 +27,8 @@ _log_callback: Any = None  # keep a reference: ctypes callbacks must outlive the
 def route_llama_logs(llama_cpp: Any) -> None:
     """Send llama.cpp's log lines to our logger instead of straight to stderr."""
     global _log_callback
-    if _log_callback is not None:
+    if _log_callback is not None:  # set it again: importing llama_cpp's package installs its own
+        llama_cpp.llama_log_set(_log_callback, ctypes.c_void_p(0))
         return
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
