@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from termlm import paths
-from termlm.engine.types import SamplingParams
+from termlm.engine.types import SamplingError, SamplingParams
 from termlm.errors import TemplateError
 
 _KEYS = {"description", "system", "user", "user_with_input", "defaults"}
@@ -136,6 +136,10 @@ def _check_defaults(data: Any, where: str) -> dict[str, Any]:
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TemplateError(f"{where}: defaults.{key} must be a number")
             out[key] = float(value)
+    try:  # the same rule as for the flags
+        SamplingParams().override(**out)
+    except SamplingError as exc:
+        raise TemplateError(f"{where}: defaults.{exc.message}") from None
     return out
 
 

@@ -8,7 +8,6 @@ terminal). prompt_toolkit is imported only when a prompt is made.
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -54,6 +53,7 @@ def _plural(n: int, word: str) -> str:
 
 def parse_setting(key: str, value: str) -> float | int | None:
     """Check a /set value; raises UsageError with a one-line reason."""
+    number: float | int
     if key in ("seed", "max_tokens"):
         if key == "seed" and value.lower() in ("none", "random"):
             return None
@@ -62,17 +62,13 @@ def parse_setting(key: str, value: str) -> float | int | None:
         except ValueError:
             extra = " or 'none'" if key == "seed" else ""
             raise UsageError(f"{key} must be a whole number{extra}, not {value!r}") from None
-        if key == "max_tokens" and number < 1:
-            raise UsageError(f"max_tokens must be at least 1, not {number}")
-        return number
-    try:
-        real = float(value)
-    except ValueError:
-        raise UsageError(f"{key} must be a number, not {value!r}") from None
-    if not math.isfinite(real) or real < 0 or (key == "top_p" and real > 1):
-        limits = "between 0 and 1" if key == "top_p" else "0 or more"
-        raise UsageError(f"{key} must be {limits}, not {value}")
-    return real
+    else:
+        try:
+            number = float(value)
+        except ValueError:
+            raise UsageError(f"{key} must be a number, not {value!r}") from None
+    SamplingParams().with_(**{key: number})  # the ranges: the one rule every source shares
+    return number
 
 
 class _Recorder(Iterator[StreamEvent]):

@@ -274,6 +274,18 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+class Rendered(str):
+    """A rendered prompt that remembers where message text holding special-token text lies
+    (``spans``, character ranges): that text is tokenized as plain text, never as markup."""
+
+    spans: tuple[tuple[int, int], ...]
+
+    def __new__(cls, text: str, spans: tuple[tuple[int, int], ...] = ()) -> Rendered:
+        self = super().__new__(cls, text)
+        self.spans = spans
+        return self
+
+
 class PromptFormat:
     """Lays out messages as a prompt and turns prompts and replies into tokens.
 
@@ -298,15 +310,68 @@ class PromptFormat:
                 notify(f"{name} has no chat template; using a plain completion prompt")
 
     def format(self, messages: Sequence[Message]) -> tuple[str, list[str]]:
-        """The prompt text ready for the reply, and the stop strings of the layout."""
+        """The prompt text ready for the reply, and the stop strings of the layout.
+
+        The text is a ``Rendered`` string: it knows where the messages' own text lies, so
+        that ``tokenize_prompt`` parses special tokens only in the layout's markup.
+        """
         if self._formatter is not None:
-            return self._formatter.render(messages), [self._formatter.eos_token]
-        return self._turn_format.render(messages), list(self._turn_format.stop)
+            text, stops = self._formatter.render(messages), [self._formatter.eos_token]
+        else:
+            text, stops = self._turn_format.render(messages), list(self._turn_format.stop)
+        return Rendered(text, self._live_spans(text, [m.content for m in messages])), stops
+
+    def has_special_text(self, text: str) -> bool:
+        """Whether ``text`` holds the text of a special token (``<|im_start|>``, ``</s>``)."""
+        data = text.encode("utf-8")
+        return (self.vocab.tokenize(data, add_special=False, special=True)
+                != self.vocab.tokenize(data, add_special=False, special=False))
+
+    def _live_spans(self, text: str, contents: Sequence[str]) -> tuple[tuple[int, int], ...]:
+        """Where, in the rendered ``text``, message text holding special-token text lies.
+
+        Data, documents and user messages are never read as special tokens: a message
+        that holds such text is found in the rendering (in order; as is, or trimmed, as
+        templates do) and tokenized as plain text. A template that rewrote such a message
+        beyond recognition is refused rather than let the text become markup.
+        """
+        spans: list[tuple[int, int]] = []
+        cursor = 0
+        for content in contents:
+            if not content:
+                continue
+            live = self.has_special_text(content)
+            for candidate in (content, content.strip()):
+                at = text.find(candidate, cursor) if candidate else -1
+                if at >= 0:
+                    if live:
+                        spans.append((at, at + len(candidate)))
+                    cursor = at + len(candidate)
+                    break
+            else:
+                if live:
+                    raise EngineError("a message holds special-token text that the chat "
+                                      "template rewrote; refusing to read it as markup")
+        return tuple(spans)
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
+        """The prompt's tokens: special tokens parsed in the markup only (see ``format``)."""
         bos_text = self.vocab.text(self.vocab.bos)
         add_bos = not (bos_text and prompt.startswith(bos_text))
-        return self.vocab.tokenize(prompt.encode("utf-8"), add_special=add_bos, special=True)
+        spans = prompt.spans if isinstance(prompt, Rendered) else ()
+        if not spans:
+            return self.vocab.tokenize(prompt.encode("utf-8"), add_special=add_bos,
+                                       special=True)
+        pieces: list[tuple[str, bool]] = []  # (text, parse special tokens)
+        pos = 0
+        for start, end in (*spans, (len(prompt), len(prompt))):
+            pieces += [(prompt[pos:start], True), (prompt[start:end], False)]
+            pos = end
+        tokens: list[int] = []
+        for text, markup in (p for p in pieces if p[0]):
+            tokens += self.vocab.tokenize(text.encode("utf-8"), add_special=add_bos and not tokens,
+                                          special=markup)
+        return tokens
 
     def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
         prompt, _ = self.format(messages)
@@ -317,7 +382,10 @@ class PromptFormat:
 
     def continuation_tokens(self, prompt: str, prompt_tokens: list[int], text: str) -> list[int]:
         """Tokens of ``text`` as the model would see them right after the prompt."""
-        joined = self.tokenize_prompt(prompt + text)
+        spans = prompt.spans if isinstance(prompt, Rendered) else ()
+        if self.has_special_text(text):
+            spans = (*spans, (len(prompt), len(prompt) + len(text)))
+        joined = self.tokenize_prompt(Rendered(prompt + text, spans))
         if joined[: len(prompt_tokens)] == prompt_tokens and len(joined) > len(prompt_tokens):
             return joined[len(prompt_tokens) :]
         return self.vocab.tokenize(text.encode("utf-8"), add_special=False, special=False)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
+
+from termlm.errors import UsageError
 
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "interrupted"]
@@ -19,6 +22,45 @@ class Message:
         return {"role": self.role, "content": self.content}
 
 
+class SamplingError(UsageError):
+    """A sampling value out of range: the same rule for flags, templates and config."""
+
+
+def sampling_problem(params: SamplingParams) -> str | None:
+    """What is wrong with ``params`` (one line), or None. The one validation of sampling
+    values, wherever they come from: flags, a template's ``defaults``, the API."""
+    checks: list[tuple[str, object, str]] = [
+        ("temperature", params.temperature, "a number from 0 (greedy) to 100"),
+        ("top_p", params.top_p, "a number from 0 to 1"),
+        ("top_k", params.top_k, "a whole number, 0 or more (0: no limit)"),
+        ("max_tokens", params.max_tokens, "a whole number, 1 or more"),
+        ("repeat_penalty", params.repeat_penalty, "a number above 0 and at most 10"),
+        ("seed", params.seed, "a whole number"),
+    ]
+    for name, value, rule in checks:
+        if not _in_range(name, value):
+            return f"{name} must be {rule}, not {value!r}"
+    if not all(isinstance(s, str) and s for s in params.stop):
+        return "stop strings must be non-empty text"
+    return None
+
+
+def _in_range(name: str, value: object) -> bool:
+    if name == "seed":
+        return value is None or (isinstance(value, int) and not isinstance(value, bool))
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if name in ("top_k", "max_tokens") and not isinstance(value, int):
+        return False
+    number = float(value)
+    if not math.isfinite(number):
+        return False
+    low, high, low_open = {"temperature": (0.0, 100.0, False), "top_p": (0.0, 1.0, False),
+                           "top_k": (0.0, math.inf, False), "max_tokens": (1.0, math.inf, False),
+                           "repeat_penalty": (0.0, 10.0, True)}[name]
+    return (number > low if low_open else number >= low) and number <= high
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. ``temperature == 0`` means greedy."""
@@ -30,6 +72,11 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     repeat_penalty: float = 1.1
+
+    def __post_init__(self) -> None:
+        problem = sampling_problem(self)
+        if problem is not None:
+            raise SamplingError(problem)
 
     def with_(self, **changes: object) -> SamplingParams:
         return replace(self, **changes)  # type: ignore[arg-type]
