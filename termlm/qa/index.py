@@ -21,6 +21,7 @@ import math
 import os
 import re
 import sqlite3
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from termlm.records.types import Source, Warn
 log = logging.getLogger("termlm.qa")
 SCHEMA_VERSION = "1"
 MAX_TERMS = 24
+BUSY_TIMEOUT_S = 60.0  # how long a run waits for another run's write to finish
 MAX_FILE_BYTES = 32 * 2**20  # bigger files (logs, dumps) are skipped, not read whole
 _COMMIT_EVERY = 64
 _WORD = re.compile(r"\w+")
@@ -141,42 +143,92 @@ def _check_fts5(conn: sqlite3.Connection) -> None:
 
 
 def _remove(path: Path) -> None:
+    """Delete a database that only this process has used (a private rebuild file)."""
     for suffix in ("", "-journal", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.remove(str(path) + suffix)
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode: readers never block the one writer, nor it them, and
+    SQLite's own locking (with a busy timeout) orders concurrent runs."""
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if not mode or str(mode[0]).lower() != "wal":  # a filesystem without shared memory
+            log.info("the QA index %s is not in WAL mode (%s)", path, mode)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class Index:
+    """The QA index; concurrent runs share it safely (see ``open``)."""
+
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self.conn = conn
         self.path = path
         self.names: dict[str, str] = {}  # scope: real path -> the name shown
         self.spec = ChunkSpec()  # how the scope's files are chunked
+        self._rebuild_of: Path | None = None  # set while building a replacement
 
     @classmethod
     def open(cls, path: Path | None = None, *, rebuild: bool = False) -> Index:
+        """Open (creating) the index at ``path``.
+
+        ``rebuild`` never deletes the database, which another run may have open: the
+        new index is built in a private file beside it, and ``sync`` then copies it over
+        the live one in one write transaction (SQLite's backup API), so concurrent
+        readers see the old index or the new one, never a missing or half-built one.
+        """
         path = path or default_path()
-        if rebuild:
-            _remove(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise QaIndexError(f"cannot create {path.parent}: {exc.strerror or exc}") from None
+        target = path.with_name(f".{path.name}.rebuild-{os.getpid()}") if rebuild else path
+        if rebuild:
+            _remove(target)
         try:
-            conn = sqlite3.connect(str(path), timeout=30.0)
+            conn = _connect(target)
         except sqlite3.Error as exc:
             raise QaIndexError(f"cannot open the QA index {path}: {exc}") from None
         try:
             _check_fts5(conn)
             index = cls(conn, path)
             index._setup()
+            if rebuild:
+                index._rebuild_of = target
         except sqlite3.Error as exc:
             conn.close()
             raise Index(conn, path)._error("cannot open", exc) from None
         except BaseException:
             conn.close()
+            if rebuild:
+                _remove(target)
             raise
         return index
+
+    def _publish(self) -> None:
+        """Copy a rebuilt index over the live one, then use the live one."""
+        built = self._rebuild_of
+        if built is None:
+            return
+        self.conn.commit()
+        live = _connect(self.path)
+        try:
+            _check_fts5(live)
+            self.conn.backup(live)
+            live.execute("CREATE TEMP TABLE IF NOT EXISTS qa_scope(path TEXT PRIMARY KEY)")
+        except BaseException:
+            live.close()
+            raise
+        self.conn.close()
+        self.conn = live
+        self._rebuild_of = None
+        _remove(built)
 
     def _setup(self) -> None:
         conn = self.conn
@@ -196,6 +248,9 @@ class Index:
 
     def close(self) -> None:
         self.conn.close()
+        if self._rebuild_of is not None:  # stopped before the rebuild was published
+            _remove(self._rebuild_of)
+            self._rebuild_of = None
 
     def __enter__(self) -> Index:
         return self
@@ -232,6 +287,8 @@ class Index:
                     conn.commit()
                     pending = 0
             conn.commit()
+            self._publish()
+            conn = self.conn
             conn.execute("DELETE FROM qa_scope")
             conn.executemany("INSERT INTO qa_scope VALUES (?)", [(k,) for k in self.names])
             conn.commit()
@@ -260,6 +317,10 @@ class Index:
         except OSError as exc:
             self._drop(key)
             _skip(source, str(exc.strerror or exc), stats, warn)
+            return
+        if not stat.S_ISREG(st.st_mode):  # a FIFO or a device: reading it could block
+            self._drop(key)
+            _skip(source, "not a regular file", stats, warn)
             return
         if row is not None and row[0] == st.st_mtime_ns and row[1] == st.st_size \
                 and row[3] == spec.key:
@@ -398,7 +459,7 @@ def _skip(source: Source, reason: str, stats: SyncStats, warn: Warn | None) -> N
 
 def _problem(data: bytes) -> str | None:
     """Why a file cannot be indexed (empty, binary, not UTF-8), or None."""
-    if b"\x00" in data[:8192]:
+    if b"\x00" in data:
         return "binary data, not text"
     try:
         text = data.decode("utf-8-sig")
