@@ -94,8 +94,10 @@ def run_guarded(run: Callable[[], None]) -> None:
     if waits:  # blocked before the fork, so the parent misses none; the child unblocks
         signal.signal(signal.SIGCHLD, lambda *_: None)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the child runs the command
+        _die_with(parent)
         os.close(read_fd)
         _note_fd = write_fd
         if waits:
@@ -106,6 +108,18 @@ def run_guarded(run: Callable[[], None]) -> None:
     os.close(write_fd)
     status = _wait_forwarding(pid, watched) if waits else _wait_ignoring(pid)
     _report(status, _read_notes(read_fd))
+
+
+def _die_with(parent: int) -> None:
+    """Linux: the child is killed when the parent is (``kill -9 <termlm's pid>``), so it
+    never runs on unseen, holding its output file, after the process the user sees."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(128 + int(signal.SIGKILL))
 
 
 def _forward(pid: int, signum: int) -> None:
