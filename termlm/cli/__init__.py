@@ -122,8 +122,18 @@ def _terminate(_signum: int, _frame: object) -> None:
 def _run() -> None:
     import signal
 
+    from termlm.cli.argv import prepare_argv
+    from termlm.errors import UsageError
+    from termlm.output import error_line
+
     signal.signal(signal.SIGTERM, _terminate)
-    app(obj=AppState())
+    command = typer.main.get_command(app)
+    try:
+        argv = prepare_argv(sys.argv[1:], command)
+    except UsageError as exc:
+        error_line(exc.message)
+        sys.exit(int(exc.exit_code))
+    command(args=argv, obj=AppState(), prog_name="termlm")
 
 
 def main() -> None:
