@@ -124,7 +124,7 @@ def _run() -> None:
 
     from termlm.cli.argv import prepare_argv
     from termlm.errors import UsageError
-    from termlm.output import error_line
+    from termlm.output import error_line, guard_stdout
 
     signal.signal(signal.SIGTERM, _terminate)
     command = typer.main.get_command(app)
@@ -133,7 +133,7 @@ def _run() -> None:
     except UsageError as exc:
         error_line(exc.message)
         sys.exit(int(exc.exit_code))
-    command(args=argv, obj=AppState(), prog_name="termlm")
+    guard_stdout(lambda: command(args=argv, obj=AppState(), prog_name="termlm"))
 
 
 def main() -> None:

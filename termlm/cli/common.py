@@ -61,28 +61,56 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def handles_errors(func: F) -> F:
-    """Map domain errors to one stderr line and an exit code; Ctrl-C to 130; EPIPE to quiet."""
+    """Map domain errors to one stderr line and an exit code; Ctrl-C to 130; EPIPE to quiet.
+
+    The one error path for I/O errors: stdout is flushed here, before the command
+    returns, so a failed write (a full disk, /dev/full) is caught like any other; an
+    OSError from a failed write (ENOSPC, EIO, EROFS, EACCES, ...) is one line
+    (``termlm: error: cannot write stdout: No space left on device``), exit 1. A closed
+    pipe (EPIPE, ``| head -1``) is a quiet exit 0. Either way stdout is then pointed at
+    /dev/null, so the interpreter's last flush prints nothing.
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from termlm.output import error_line, silence_stdout
+        from termlm.output import error_line, io_error_message, settle_stdout, silence_stdout
 
         verbose = any(isinstance(a, typer.Context) and state(a).verbose for a in args) or any(
             isinstance(v, typer.Context) and state(v).verbose for v in kwargs.values()
         )
         try:
-            return func(*args, **kwargs)
+            try:
+                result = func(*args, **kwargs)
+            except typer.Exit:
+                sys.stdout.flush()
+                raise
+            sys.stdout.flush()
+            return result
         except TermlmError as exc:
             if verbose:
                 log.exception("details")
+            settle_stdout()
             error_line(exc.message, exc.hint)
             raise typer.Exit(int(exc.exit_code)) from None
         except KeyboardInterrupt:
+            settle_stdout()
             sys.stderr.write("\ninterrupted\n")
             raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
         except BrokenPipeError:
             silence_stdout()
             raise typer.Exit(int(ExitCode.OK)) from None
+        except OSError as exc:
+            message = io_error_message(exc)
+            if message is None:
+                raise
+            if verbose:
+                log.exception("details")
+            if exc.filename is None:
+                silence_stdout()  # what could not be written must not fail again at exit
+            else:
+                settle_stdout()
+            error_line(message)
+            raise typer.Exit(int(ExitCode.ERROR)) from None
 
     return wrapper  # type: ignore[return-value]
 

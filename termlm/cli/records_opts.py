@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from enum import Enum
-from typing import Annotated, Any, cast
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from termlm.cli.common import AppState
 from termlm.errors import ExitCode, UsageError
 from termlm.records.types import Record, Source
+
+if TYPE_CHECKING:
+    from termlm.records.outfile import OutputFile
 
 
 class InputFormat(str, Enum):
@@ -102,6 +106,9 @@ class RecordArgs:
     parallel: int | None = None
 
 
+_PEEK_ERRORS = 256  # failed records held while looking for the first readable one
+
+
 def _peek(records: Iterator[Record]) -> tuple[Record | None, bool, Iterator[Record]]:
     """The first readable record, whether there is any record at all, and an iterator
     that still yields everything."""
@@ -111,6 +118,8 @@ def _peek(records: Iterator[Record]) -> tuple[Record | None, bool, Iterator[Reco
         seen.append(record)
         if record.error is None:
             first = record
+            break
+        if len(seen) >= _PEEK_ERRORS:  # a stream of errors: they are written as they come
             break
     return first, bool(seen), itertools.chain(seen, records)
 
@@ -125,6 +134,7 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
     ``before`` gets the engine once it is open, before the first record (classify's
     calibration)."""
     from termlm.output import notice
+    from termlm.records.outfile import OutputFile, open_output
     from termlm.records.readers import expand_inputs, read_records
 
     if args.resume and not args.output:
@@ -132,20 +142,29 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
     if args.resume and args.output_format is OutputFormat.text:
         raise UsageError("--resume works with jsonl, csv or tsv output, not text")
     sources = expand_inputs(args.inputs, args.glob)
-    fmt = args.input_format.value if args.input_format else None
-    reader = read_records(sources, input_format=fmt, text_field=args.text_field,
-                          id_field=args.id_field, per_file=args.per_file,
-                          encoding_errors=args.encoding_errors.value, warn=notice)
-    try:
-        _drive(st, args, model, task, columns, sources, fmt, reader, check_first, on_result,
-               after, prepare_engine=before)
-    finally:
-        # release the inputs now, even when stopped early (--limit, --fail-fast, errors)
-        cast(Generator[Record, None, None], reader).close()
+    # the output is checked (never an input, writable) and locked before the model loads;
+    # a dry run writes nothing, so it opens nothing
+    out = OutputFile(None, args.output_format.value, append=False, inputs=sources) \
+        if args.dry_run else open_output(args.output, args.output_format.value,
+                                         append=args.resume, inputs=sources, warn=notice)
+    with out:
+        sources = out.inputs
+        fmt = args.input_format.value if args.input_format else None
+        reader = read_records(sources, input_format=fmt, text_field=args.text_field,
+                              id_field=args.id_field, per_file=args.per_file,
+                              encoding_errors=args.encoding_errors.value, warn=notice)
+        try:
+            _drive(st, args, model, task, columns, sources, fmt, reader, out, check_first,
+                   on_result, after, prepare_engine=before)
+        finally:
+            # release the inputs now, even when stopped early (--limit, --fail-fast, errors);
+            # a reader still blocked on its input in the runner's thread is left to the exit
+            with contextlib.suppress(ValueError):  # "generator already executing"
+                cast(Generator[Record, None, None], reader).close()
 
 
 def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns: list[str],
-           sources: list[Source], fmt: str | None, reader: Iterator[Record],
+           sources: list[Source], fmt: str | None, reader: Iterator[Record], out: OutputFile,
            check_first: Callable[[Record], None] | None,
            on_result: Callable[[Record, dict[str, Any]], None] | None,
            after: Callable[[], None] | None,
@@ -155,7 +174,6 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
     from termlm.output import notice
     from termlm.records.readers import count_records
     from termlm.records.resume import load_done, resume_command
-    from termlm.records.writers import open_writer
     from termlm.runner import RunOptions, prepare, run_records
     from termlm.runstats import record
 
@@ -165,6 +183,10 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
         raise UsageError(f"no records in {where}: nothing to do")
     if first is not None and check_first is not None:
         check_first(first)
+    # repaired under the lock, before the model loads (a file that cannot be repaired
+    # costs no load)
+    done = load_done(args.output, args.output_format.value, warn=notice, keep=out.keep) \
+        if args.resume and args.output and not args.dry_run else None
     engine = st.open_engine(st.settings(model=model, parallel=args.parallel), batch=True)
     try:
         if args.dry_run:
@@ -179,8 +201,6 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
             return
         if prepare_engine is not None:
             prepare_engine(engine)
-        done = load_done(args.output, args.output_format.value, warn=notice) \
-            if args.resume and args.output else None
         show = args.progress if args.progress is not None else _stderr_tty()
         total = count_records(sources, input_format=fmt, per_file=args.per_file) \
             if show else None
@@ -192,8 +212,7 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
             if args.keep_fields and first is not None else []
         if args.output:
             note_resume(resume_command(["termlm", *sys.argv[1:]]))
-        with open_writer(args.output, args.output_format.value, append=args.resume,
-                         columns=[*columns, *kept, "error"], warn=notice) as writer:
+        with out.writer(columns=[*columns, *kept, "error"], warn=notice) as writer:
             before = engine.tokens_evaluated if isinstance(engine, CountsTokens) else None
             summary = run_records(engine, task, records, writer, options, done, on_result)
             if before is not None and isinstance(engine, CountsTokens):

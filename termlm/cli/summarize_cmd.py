@@ -152,8 +152,8 @@ def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
             parallel: int | None = None) -> None:
     """One text (one input, or all of them with --combined): one summary."""
     from termlm.output import notice
+    from termlm.records.outfile import open_output
     from termlm.records.resume import load_done
-    from termlm.records.writers import open_writer
     from termlm.tasks.base import RecordError
 
     records = _read(sources, encoding_errors)
@@ -171,31 +171,36 @@ def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
         engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
         try:
             task.summarize(engine, text, label, final=_streamer(engine, talk))
+        except BrokenPipeError:
+            raise  # the reader went away (| head): a quiet exit, not a model error
         except (RuntimeError, ValueError, OSError) as exc:  # llama.cpp failures, as the runner
             raise EngineError(f"model error: {exc}") from None
         finally:
             talk.clear()
             engine.close()
         return
-    # --combined with --json or -o: one JSONL record
-    if resume and output is not None and load_done(output, "jsonl", warn=notice).is_done(label):
-        notice(f"{label} is already summarized in {output}: nothing to do")
-        return
-    engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
-    out: dict[str, object]
-    try:
-        result = task.summarize(engine, text, label)
-        out = {"id": label, "summary": result.text, "chunks": result.chunks,
-               "inputs": [r.id for r in records]}
-    except RecordError as exc:
-        out = {"id": label, "error": exc.message}
-    except (RuntimeError, ValueError, OSError) as exc:
-        out = {"id": label, "error": f"model error: {exc}"}
-    finally:
-        talk.clear()
-        engine.close()
-    with open_writer(output, "jsonl", append=resume, warn=notice) as writer:
-        writer.write(out)
+    # --combined with --json or -o: one JSONL record, to an output checked and locked
+    # before the model loads
+    with open_output(output, "jsonl", append=resume, inputs=sources) as target:
+        if resume and output is not None and load_done(
+                output, "jsonl", warn=notice, keep=target.keep).is_done(label):
+            notice(f"{label} is already summarized in {output}: nothing to do")
+            return
+        engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
+        out: dict[str, object]
+        try:
+            result = task.summarize(engine, text, label)
+            out = {"id": label, "summary": result.text, "chunks": result.chunks,
+                   "inputs": [r.id for r in records]}
+        except RecordError as exc:
+            out = {"id": label, "error": exc.message}
+        except (RuntimeError, ValueError, OSError) as exc:
+            out = {"id": label, "error": f"model error: {exc}"}
+        finally:
+            talk.clear()
+            engine.close()
+        with target.writer(warn=notice) as writer:
+            writer.write(out)
     if "error" in out:
         notice(f"{label}: {out['error']}")
         raise typer.Exit(int(ExitCode.PARTIAL))
@@ -203,7 +208,7 @@ def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
 
 def _streamer(engine: Engine, talk: _Talk) -> FinalWriter:
     """The final request streams to stdout: plain in a pipe, Markdown on a terminal."""
-    from termlm.output import is_tty, no_color
+    from termlm.output import StdoutSink, is_tty, no_color
     from termlm.render import stream_markdown, stream_plain
 
     def final(request: ChatRequest) -> str:
@@ -212,10 +217,11 @@ def _streamer(engine: Engine, talk: _Talk) -> FinalWriter:
         if is_tty(sys.stdout):
             result = stream_markdown(events, no_color=no_color())
         else:
-            result = stream_plain(events)
+            out = StdoutSink()  # a failed write is a WriteError, never a "model error"
+            result = stream_plain(events, out=out)
             if result.text.strip() and not result.text.endswith("\n"):
-                sys.stdout.write("\n")
-            sys.stdout.flush()
+                out.write("\n")
+            out.flush()
         if result.interrupted:
             raise KeyboardInterrupt
         return result.text

@@ -12,7 +12,11 @@ resumed run appends to it:
 * any other unreadable line is removed too, with a warning.
 
 Removing lines rewrites the file atomically (a temporary file beside it,
-then ``os.replace``); cutting only the last line truncates in place.
+then ``os.replace``); cutting only the last line truncates in place. A
+symlinked output is followed: the file it points to is rewritten, and the
+link stays a link. A run that holds the output's lock (``open_output``)
+passes ``keep``: the new file is locked before it replaces the old one, and
+its descriptor is handed to ``keep``, so the lock never lapses.
 
 Records are matched by id and occurrence: the k-th input record with id X is
 done when the output holds at least k finished records with id X. For
@@ -23,18 +27,21 @@ the reader warns about duplicate ids for this reason).
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import os
 import shlex
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
 from termlm.errors import UsageError
+from termlm.fileio import WriteError
 from termlm.records.types import Record, Warn
 
 
@@ -74,10 +81,11 @@ class _Unit:
 
 
 def load_done(path: str, fmt: str = "jsonl", *, retry_errors: bool = True,
-              warn: Warn | None = None) -> DoneSet:
+              warn: Warn | None = None, keep: Callable[[int], None] | None = None) -> DoneSet:
     """Read (and repair) an earlier run's output; see the module docstring.
 
-    A missing or empty file means nothing is done yet.
+    A missing or empty file means nothing is done yet. ``keep`` gets the
+    locked descriptor of a rewritten file (see the module docstring).
     """
     if fmt not in ("jsonl", "csv", "tsv"):
         raise UsageError(f"cannot resume into {fmt} output: use jsonl, csv or tsv")
@@ -106,10 +114,13 @@ def load_done(path: str, fmt: str = "jsonl", *, retry_errors: bool = True,
             elif unit.kind == "junk":
                 drop.append((unit.start, unit.end))
                 _notify(warn, f"{path}: removed unreadable line {unit.line}")
-    if drop:
-        _rewrite(path, drop, cut)
-    elif cut is not None:
-        os.truncate(path, cut)
+    try:
+        if drop:
+            _rewrite(path, drop, cut, keep)
+        elif cut is not None:
+            os.truncate(path, cut)
+    except OSError as exc:
+        raise WriteError(f"cannot repair {path} for --resume: {exc.strerror or exc}") from None
     if errors:
         _notify(warn, f"{path}: retrying {errors} record{'s' if errors != 1 else ''} "
                       "that failed before")
@@ -204,25 +215,36 @@ def _with_final(units: Iterator[_Unit]) -> Iterator[tuple[_Unit, bool]]:
         yield previous, True
 
 
-def _rewrite(path: str, drop: list[tuple[int, int]], cut: int | None) -> None:
-    """Rewrite ``path`` without the ``drop`` byte ranges and anything from ``cut`` on."""
-    end = os.path.getsize(path) if cut is None else cut
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=".termlm-", suffix=".tmp")
+def _rewrite(path: str, drop: list[tuple[int, int]], cut: int | None,
+             keep: Callable[[int], None] | None = None) -> None:
+    """Rewrite ``path`` without the ``drop`` byte ranges and anything from ``cut`` on.
+
+    A symlink is followed: its target is replaced, the link kept."""
+    real = os.path.realpath(path)
+    end = os.path.getsize(real) if cut is None else cut
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(real), prefix=".termlm-", suffix=".tmp")
     try:
-        with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+        with open(real, "rb") as src, os.fdopen(fd, "wb", closefd=False) as dst:
             pos = 0
             for start, stop in [*drop, (end, end)]:
                 _copy(src, dst, pos, min(start, end))
                 pos = stop
             dst.flush()
             os.fsync(dst.fileno())
-        shutil.copymode(path, tmp)
-        os.replace(tmp, path)
+        shutil.copymode(real, tmp)
+        if keep is not None:  # locked before anyone can open it under the real name
+            with contextlib.suppress(OSError):  # a file system without flock: as unlocked
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        os.replace(tmp, real)
     except BaseException:
+        os.close(fd)
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    if keep is not None:
+        keep(fd)
+    else:
+        os.close(fd)
 
 
 def _copy(src: IO[bytes], dst: IO[bytes], start: int, stop: int) -> None:

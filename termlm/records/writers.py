@@ -4,7 +4,13 @@ Every record is formatted into one complete line (or CSV row), written with
 a single ``write()`` call and flushed, so a pipe consumer sees results as
 they come and a crash leaves at most one half-written last line (which
 ``termlm.records.resume`` repairs). ``BrokenPipeError`` propagates: the
-driver turns it into a quiet exit.
+driver turns it into a quiet exit. Any other failed write (a full disk, an
+I/O error) is a ``termlm.fileio.WriteError``, ``cannot write FILE: REASON``;
+the records written before it stay, so ``--resume`` continues from there.
+Files are opened (checked, locked) by ``termlm.records.outfile.open_output``.
+
+JSON is always JSON: a NaN or infinite number is written as ``null``, never as
+the bare ``NaN`` / ``Infinity`` that other JSON readers reject.
 
 Formats:
 
@@ -29,15 +35,19 @@ Formats:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import math
 import os
-import sys
+import stat
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Literal, TextIO
 
+from termlm.errors import TermlmError
+from termlm.fileio import cannot_write
 from termlm.records.types import Warn, one_line
 
 WriterFormat = Literal["jsonl", "csv", "tsv", "text"]
@@ -59,10 +69,12 @@ class RecordWriter:
         close_stream: bool = False,
         durable: bool = False,
         warn: Warn | None = None,
+        name: str = "the output",
     ) -> None:
         if fmt not in WRITER_FORMATS:
             raise ValueError(f"unknown output format {fmt!r}")
         self.stream = stream
+        self.name = name
         self.fmt = fmt
         self.columns = list(columns) if columns is not None else None
         self._header_due = header and fmt in ("csv", "tsv")
@@ -75,15 +87,20 @@ class RecordWriter:
     def write(self, record: Mapping[str, Any]) -> None:
         """Write one record as one line (a header first, for a new CSV), then flush."""
         if self.fmt == "jsonl":
-            line = json.dumps(record, ensure_ascii=False, default=str) + "\n"
+            line = dumps_json(record) + "\n"
         elif self.fmt == "text":
             line = format_text_line(record) + "\n"
         else:
             line = self._csv_line(record)
-        self.stream.write(line)
-        self.stream.flush()
-        if self._durable:
-            os.fsync(self.stream.fileno())
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+            if self._durable:
+                os.fsync(self.stream.fileno())
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise cannot_write(self.name, exc) from None
         self.count += 1
 
     def _csv_line(self, record: Mapping[str, Any]) -> str:
@@ -111,19 +128,28 @@ class RecordWriter:
         return buffer.getvalue()[:-2] + "\n"
 
     def close(self) -> None:
-        if self._close_stream:
-            self.stream.close()
-        else:
-            self.stream.flush()
+        try:
+            if self._close_stream:
+                self.stream.close()
+            else:
+                self.stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise cannot_write(self.name, exc) from None
 
     def __enter__(self) -> RecordWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if isinstance(exc, BrokenPipeError):
-            return  # flushing again would only raise again
-        self.close()
+        if exc is None:
+            self.close()
+            return
+        # already failing (a broken pipe, a full disk, Ctrl-C): close without a second
+        # error hiding the first; what could not be flushed is lost either way
+        with contextlib.suppress(OSError, TermlmError):
+            self.close()  # a file is closed even when its last flush fails
 
 
 def open_writer(
@@ -138,18 +164,31 @@ def open_writer(
 ) -> RecordWriter:
     """A writer to ``path`` (``None`` or ``-``: stdout, or ``stream`` when given).
 
-    ``append`` adds to an existing file: a CSV header is then written only
-    when the file is empty, and the file's own header wins over ``columns``.
-    A file that does not end in a newline gets one first, so a stray partial
-    line can never merge with the next record. ``durable`` fsyncs each record
-    (files only).
+    A shortcut for ``open_output(path, fmt, append=append).writer(...)``: the
+    file is locked while the writer is open. ``append`` adds to an existing
+    file: a CSV header is then written only when the file is empty, and the
+    file's own header wins over ``columns``. A file that does not end in a
+    newline gets one first, so a stray partial line can never merge with the
+    next record. ``durable`` fsyncs each record (files only).
     """
-    if path is None or path == "-":
-        return RecordWriter(stream if stream is not None else sys.stdout, fmt,
-                            columns=columns, warn=warn)
+    from termlm.records.outfile import open_output
+
+    return open_output(path, fmt, append=append).writer(
+        columns=columns, durable=durable, stream=stream, warn=warn)
+
+
+def writer_for_file(fd: int, path: str, fmt: WriterFormat, *, append: bool,
+                    columns: list[str] | None = None, durable: bool = False,
+                    warn: Warn | None = None) -> RecordWriter:
+    """A writer that owns ``fd`` (open on ``path``, ``O_APPEND``): emptied first unless
+    ``append``; see ``open_writer``. Closing the writer closes ``fd``."""
     header = True
     prefix = ""
-    if append and os.path.exists(path) and os.path.getsize(path) > 0:
+    info = os.fstat(fd)
+    if not append:
+        if info.st_size > 0 and stat.S_ISREG(info.st_mode):
+            os.ftruncate(fd, 0)
+    elif info.st_size > 0 and stat.S_ISREG(info.st_mode):
         header = False
         with open(path, "rb") as fp:
             fp.seek(-1, os.SEEK_END)
@@ -159,12 +198,30 @@ def open_writer(
             existing = _read_header(path, "\t" if fmt == "tsv" else ",")
             if existing:
                 columns = existing
-    out = open(path, "a" if append else "w", encoding="utf-8", newline="")  # noqa: SIM115
+    out = open(fd, "w", encoding="utf-8", newline="", closefd=True)  # noqa: SIM115
     if prefix:
         out.write(prefix)
         out.flush()
     return RecordWriter(out, fmt, columns=columns, header=header, close_stream=True,
-                        durable=durable, warn=warn)
+                        durable=durable, warn=warn, name=path)
+
+
+def dumps_json(value: Any) -> str:
+    """One line of JSON (UTF-8 kept); NaN and infinities become null (see the docstring)."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def format_text_line(record: Mapping[str, Any]) -> str:
@@ -177,9 +234,9 @@ def format_text_line(record: Mapping[str, Any]) -> str:
             value = record[key]
             if isinstance(value, str):
                 return value.translate(_ESCAPES)
-            return json.dumps(value, ensure_ascii=False, default=str).translate(_ESCAPES)
+            return dumps_json(value).translate(_ESCAPES)
     rest = {k: v for k, v in record.items() if k != "id"}
-    return json.dumps(rest, ensure_ascii=False, default=str)
+    return dumps_json(rest)
 
 
 def unescape_text_line(line: str) -> str:
@@ -204,7 +261,7 @@ def _cell(value: Any) -> str:
         return value
     if isinstance(value, (int, float)):
         return str(value)
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return dumps_json(value)
 
 
 def _read_header(path: str, delimiter: str) -> list[str] | None:
