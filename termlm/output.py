@@ -150,3 +150,8 @@ class StdoutSink:
         error = cannot_write(stdout_name(), exc)
         silence_stdout()
         return error
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 segment``, ``4 segments`` (``many`` for irregular plurals)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"

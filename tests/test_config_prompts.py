@@ -84,8 +84,14 @@ def test_config_cli(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     assert data["settings"]["offline"] is True
     assert data["source"]["offline"] == "environment"
     plain = cli("config", "show")
-    assert "model: my-model" in plain.stdout
-    assert "# model: config file" in plain.stderr
+    lines = plain.stdout.splitlines()
+    assert f"model: my-model  # config file {config_file()}" in lines
+    assert "offline: true  # environment" in lines
+    assert "n_ctx: 4096  # default" in lines
+    assert plain.stderr == ""
+    import yaml
+
+    assert yaml.safe_load(plain.stdout)["model"] == "my-model"  # still YAML
 
 
 def test_substitution_never_evaluates_user_data() -> None:
@@ -148,3 +154,20 @@ def test_ask_uses_a_user_template(cli: Cli) -> None:
     assert request.messages[1].content == "Arr: hello"  # type: ignore[union-attr]
     assert request.sampling.temperature == 0.9  # type: ignore[union-attr]
     assert request.sampling.max_tokens == 5  # type: ignore[union-attr]
+
+
+def test_the_readme_pirate_template_works_as_shown(cli: Cli) -> None:
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"save this as `pirate.yaml` there:\n\n```yaml\n(.*?)```", readme, re.S)
+    assert block is not None
+    folder = user_prompts_dir()
+    folder.mkdir(parents=True)
+    (folder / "pirate.yaml").write_text(block.group(1))
+    result = cli("ask", "--template", "pirate", "tell me about git rebase")
+    assert result.exit_code == 0, result.stderr
+    request = cli.engine.requests[-1]
+    assert request.messages[0].content == "You are a pirate. Stay in character."  # type: ignore[union-attr]
+    assert request.sampling.temperature == 0.9  # type: ignore[union-attr]
+    assert "pirate" in cli("prompts", "list").stdout

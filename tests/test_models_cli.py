@@ -46,11 +46,14 @@ def test_list_plain_text_when_piped(cli: Cli, tmp_path: Path, models: Path) -> N
     write_config(tmp_path, f"models:\n  mine: {mine}\n  gone: {tmp_path / 'gone.gguf'}\n")
     result = cli("models", "list")
     assert result.exit_code == 0, result.stderr
-    # name, params, quant, size, memory needed, fits, tags, pulled, default, license, notes
-    rows = {line.split("\t")[0]: line.split("\t") for line in result.stdout.splitlines()}
+    header, *lines = result.stdout.splitlines()
+    assert header.split("\t") == ["name", "params", "quant", "size", "memory", "fits", "tags",
+                                  "pulled", "default", "license", "notes"]
+    rows = {line.split("\t")[0]: line.split("\t") for line in lines}
     assert rows["smollm2"][1:4] == ["134.5M", "Q4_1", "98 MB"]
     assert rows["smollm2"][6:10] == ["chat", "no", "-", "Apache-2.0"]
-    assert rows["qwen2.5-coder-0.5b"][8] == "default"
+    assert rows["qwen2.5-coder-0.5b"][8] == "*"
+    assert rows["smollm2"][8] == "-"
     assert rows["gemma3-270m"][3] == "253 MB" and rows["gemma3-270m"][7] == "yes"
     assert rows["mine"][7] == "local"
     assert rows["gone"][3] == "-" and rows["gone"][7] == "missing"

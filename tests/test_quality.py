@@ -66,8 +66,11 @@ def test_readme_examples_parse(args: list[str]) -> None:
     """Each README example names real commands and options (run for real elsewhere)."""
     from termlm.cli import app
 
+    from termlm.cli.argv import prepare_argv
+
     command = typer.main.get_command(app)
-    ctx = command.make_context("termlm", list(args), resilient_parsing=False)
+    ctx = command.make_context("termlm", prepare_argv(list(args), command),
+                               resilient_parsing=False)
     sub_args = _rest(ctx)
     while sub_args and hasattr(command, "get_command"):
         name = sub_args[0]

@@ -64,7 +64,7 @@ def chat(
     if continue_ and convo is None:
         talk.append("no previous chat to continue; starting a new one")
     elif convo is not None:
-        talk.append(f"continuing the last chat ({len(convo)} exchange(s))")
+        talk.append(f"continuing the last chat ({output.plural(len(convo), 'exchange')})")
     convo = convo or Conversation(tmpl.system)
     if system is not None:
         convo.system = system or None

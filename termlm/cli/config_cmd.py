@@ -44,6 +44,9 @@ def show(
         return
     import yaml
 
-    sys.stdout.write(yaml.safe_dump(values, sort_keys=True, allow_unicode=True))
-    for key in sorted(settings.source):
-        sys.stderr.write(f"# {key}: {settings.source[key]}\n")
+    # valid YAML, each key's source a comment on its own line
+    for key in sorted(values):
+        text = yaml.safe_dump({key: values[key]}, allow_unicode=True, sort_keys=True)
+        first, _, rest = text.partition("\n")
+        source = settings.source.get(key, "default")
+        sys.stdout.write(f"{first}  # {source}\n{rest}")

@@ -149,9 +149,10 @@ def list_models(ctx: typer.Context, as_json: JsonOpt = False, task: TaskOpt = No
                 ",".join(row["tags"]) or "-", pulled(row)]
 
     if not is_tty(sys.stdout):
-        # name, params, quant, size, memory needed, fits, tags, pulled, default, license, notes
+        _out("\t".join(("name", "params", "quant", "size", "memory", "fits", "tags", "pulled",
+                        "default", "license", "notes")))
         for row in rows:
-            _out("\t".join([*cells(row), "default" if row["default"] else "-",
+            _out("\t".join([*cells(row), "*" if row["default"] else "-",
                             row["license"] or "-", row["notes"] or "-"]))
         return
     from rich.table import Table

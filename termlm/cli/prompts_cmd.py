@@ -33,8 +33,21 @@ def list_(
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
+    from termlm.output import is_tty, out_console
+
+    if not is_tty(sys.stdout):  # a pipe: plain TSV
+        for row in rows:
+            sys.stdout.write(f"{row['name']}\t{row['origin']}\t{row['description']}\n")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("name", "origin", "variables", "description"):
+        table.add_column(column)
     for row in rows:
-        sys.stdout.write(f"{row['name']}\t{row['origin']}\t{row['description']}\n")
+        table.add_row(row["name"], row["origin"], ", ".join(row["variables"]) or "-",
+                      row["description"])
+    out_console().print(table)
 
 
 @app.command("show")

@@ -54,8 +54,8 @@ InputFormatOpt = Annotated[InputFormat | None, typer.Option(
     "--input-format", help="Input format (default: from the file extension; stdin: txt).",
     show_default=False)]
 TextFieldOpt = Annotated[str, typer.Option("--text-field", help="JSONL/CSV field with the text.")]
-IdFieldOpt = Annotated[str, typer.Option("--id-field", help="JSONL/CSV field with the id "
-                                         "(default: the line number).")]
+IdFieldOpt = Annotated[str, typer.Option("--id-field", help="JSONL/CSV field with the id; "
+                                         "a record without it is numbered by its line.")]
 PerFileOpt = Annotated[bool, typer.Option("--per-file", help="Each file is one record "
                                           "(id = its path).")]
 EncodingOpt = Annotated[EncodingErrors, typer.Option(

@@ -246,7 +246,7 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
     """Translate the files, several at once when the engine has slots to spare, and write
     each one (in plan order) as soon as it and the files before it are done."""
     from termlm.chains import run_groups
-    from termlm.output import error_line, notice
+    from termlm.output import error_line, notice, plural
     from termlm.runstats import record
 
     ok = failed = skipped = segments = cached = warnings = 0
@@ -318,7 +318,7 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
                     fail(label, TermlmError(f"cannot write {job.target}: "
                                             f"{exc.strerror or exc}"))
                     continue
-                notice(f"{label} -> {job.target} ({result.units} segments, "
+                notice(f"{label} -> {job.target} ({plural(result.units, 'segment')}, "
                        f"{result.cached} cached)")
             ok += 1
             segments += result.units
@@ -326,14 +326,14 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
     except KeyboardInterrupt:
         again = "; finished segments are cached, so running the same command again " \
             "continues" if translator.cache is not None else ""
-        notice(f"\ninterrupted: {ok} of {len(plan)} files done{again}")
+        notice(f"\ninterrupted: {ok} of {plural(len(plan), 'file')} done{again}")
         return ExitCode.INTERRUPTED
     seconds = time.perf_counter() - started
     evaluated = getattr(translator.engine, "tokens_evaluated", None)
     record(records=segments, ok=ok, failed=failed, run_s=seconds,
            tokens_evaluated=evaluated, structure_warnings=warnings)
     notice(f"{ok} ok, {failed} failed" + (f", {skipped} skipped" if skipped else "")
-           + f": {segments} segments ({cached} cached) in {seconds:.1f}s")
+           + f": {plural(segments, 'segment')} ({cached} cached) in {seconds:.1f}s")
     return ExitCode.PARTIAL if failed else ExitCode.OK
 
 
