@@ -65,7 +65,6 @@ def _rest(ctx: typer.Context) -> list[str]:
 def test_readme_examples_parse(args: list[str]) -> None:
     """Each README example names real commands and options (run for real elsewhere)."""
     from termlm.cli import app
-
     from termlm.cli.argv import prepare_argv
 
     command = typer.main.get_command(app)
