@@ -171,3 +171,14 @@ def test_the_readme_pirate_template_works_as_shown(cli: Cli) -> None:
     assert request.messages[0].content == "You are a pirate. Stay in character."  # type: ignore[union-attr]
     assert request.sampling.temperature == 0.9  # type: ignore[union-attr]
     assert "pirate" in cli("prompts", "list").stdout
+
+
+def test_prompts_list_is_a_table_on_a_terminal(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    import termlm.output
+
+    monkeypatch.setattr(termlm.output, "is_tty", lambda stream: True)
+    listing = cli("prompts", "list").stdout
+    header = listing.splitlines()[0].split()
+    assert header == ["name", "origin", "variables", "description"]
+    assert "\t" not in listing
+    assert any(line.split()[:2] == ["chat", "built-in"] for line in listing.splitlines())

@@ -44,9 +44,9 @@ def list_(
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("name", "origin", "variables", "description"):
         table.add_column(column)
-    for row in rows:
-        table.add_row(row["name"], row["origin"], ", ".join(row["variables"]) or "-",
-                      row["description"])
+    for t in list_templates():
+        table.add_row(t.name, "built-in" if t.builtin else "user",
+                      ", ".join(t.variables) or "-", t.description)
     out_console().print(table)
 
 
