@@ -9,9 +9,10 @@ interruption, and the summary.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,8 @@ def prepare(engine: Engine, task: Task, record: Record,
 def run_records(engine: Engine, task: Task, records: Iterable[Record], writer: RecordWriter,
                 options: RunOptions, done: DoneSet | None = None,
                 on_result: OnResult | None = None) -> Summary:
+    """Run ``task`` on each record; each result is written the moment it is done and
+    every record before it has been written (input order)."""
     summary = Summary()
     progress = _Progress(options.progress, options.total)
     started = time.perf_counter()
@@ -168,17 +171,22 @@ def run_records(engine: Engine, task: Task, records: Iterable[Record], writer: R
         progress.update(summary)
         return True
 
-    todo = _todo(records, done, options, summary)
+    feed = _Feed(_todo(records, done, options, summary))
     try:
         if isinstance(task, BatchableTask):
-            _pipelined(engine, task, todo, options, summary, progress, emit)
+            finished = _pipelined(engine, task, feed, options, summary, progress, emit)
         else:
-            for record in todo:
+            finished = True
+            while (record := feed.get(block=True)) is not _END:
                 if not emit(record, _one(engine, task, record, options, summary, progress)):
+                    finished = False
                     break
+        if finished and feed.error is not None:
+            raise feed.error  # the input failed: everything read before it is written
     except KeyboardInterrupt:
         summary.interrupted = True  # records in flight are abandoned, never half-written
     finally:
+        feed.close()
         summary.seconds = time.perf_counter() - started
         progress.finish()
     return summary
@@ -186,16 +194,108 @@ def run_records(engine: Engine, task: Task, records: Iterable[Record], writer: R
 
 def _todo(records: Iterable[Record], done: DoneSet | None, options: RunOptions,
           summary: Summary) -> Iterator[Record]:
-    """The records to process: not done before (resume), at most --limit of them."""
+    """The records to process: not done before (resume), at most --limit of them.
+    Nothing is read past the last one --limit allows."""
+    if options.limit is not None and options.limit <= 0:
+        return
     taken = 0
     for record in records:
         if done is not None and done.is_done(record):
             summary.skipped += 1
             continue
-        if options.limit is not None and taken >= options.limit:
-            return
         taken += 1
         yield record
+        if options.limit is not None and taken >= options.limit:
+            return
+
+
+_END: Any = object()  # the input is exhausted (or failed: see _Feed.error)
+_WAIT: Any = object()  # nothing has arrived yet
+_READ_AHEAD = 256  # records read ahead of the engine, at most
+_BACKLOG = 1024  # records done without the engine waiting behind one in flight, at most
+_GRACE_S = 0.05  # how long a reader that just started a read is given to finish it
+
+
+class _Feed:
+    """Records read by a daemon thread into a bounded buffer.
+
+    Reading may block (a pipe, a slow producer); the engine must not wait for it
+    while it has work in flight or results to hand back. So the runner takes what
+    has arrived without blocking while requests are in flight, and blocks only when
+    it has nothing else to do. The thread never keeps the process alive, and an
+    error from the readers is kept for the runner to raise after the records read
+    before it are written. The runner takes everything buffered at once, so the
+    hand-over costs about one lock per record. A reader that has only just started
+    a read is given a moment (it is parsing, not waiting), so that records from a
+    file still fill the engine's slots.
+    """
+
+    def __init__(self, records: Iterator[Record]) -> None:
+        self.error: BaseException | None = None
+        self._shared: list[Any] = []  # filled by the thread, taken whole by the runner
+        self._taken: deque[Any] = deque()  # the runner's, in order
+        self._cond = threading.Condition()
+        self._stop = False
+        self._reading = False
+        self._read_since = 0.0  # when the thread started its current read
+        # CPython closes sys.stdin at exit, and aborts when a daemon thread is blocked
+        # reading it ("could not acquire lock ... daemon threads"): the thread holds it
+        keep = (sys.stdin, sys.__stdin__)
+        self._thread = threading.Thread(target=self._read, args=(records, keep),
+                                        name="termlm-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self, records: Iterator[Record], _keep: object) -> None:
+        while True:
+            with self._cond:
+                if self._stop:
+                    return
+                self._reading = True
+                self._read_since = time.monotonic()
+            try:
+                record = next(records, _END)
+            except BaseException as exc:  # an InputError, or worse: the runner raises it
+                self.error = exc
+                record = _END
+            with self._cond:
+                self._reading = False
+                while len(self._shared) >= _READ_AHEAD and not self._stop:
+                    self._cond.wait()
+                if self._stop:
+                    return
+                self._shared.append(record)
+                if len(self._shared) == 1:
+                    self._cond.notify_all()  # the runner may be waiting for it
+            if record is _END:
+                return
+
+    def get(self, *, block: bool) -> Any:
+        """The next record, _END, or (not blocking) _WAIT when none has arrived."""
+        if not self._taken:
+            with self._cond:
+                while not self._shared:
+                    if block:
+                        self._cond.wait()
+                        continue
+                    left = self._read_since + _GRACE_S - time.monotonic()
+                    if not self._reading or left <= 0:
+                        return _WAIT
+                    self._cond.wait(left)
+                self._taken.extend(self._shared)
+                self._shared.clear()
+                self._cond.notify_all()  # room again
+        item = self._taken.popleft()
+        if item is _END:
+            self._taken.appendleft(item)  # it stays the end
+        return item
+
+    def close(self) -> None:
+        """Stop reading. A thread blocked on its input is left behind (a daemon)."""
+        with self._cond:
+            self._stop = True
+            reading = self._reading
+            self._cond.notify_all()
+        self._thread.join(timeout=0.1 if reading else 1.0)
 
 
 @dataclass
@@ -207,55 +307,81 @@ class _Item:
     request: ChatRequest | ScoreRequest | None = None  # what went to the engine
 
 
-def _pipelined(engine: Engine, task: BatchableTask, todo: Iterator[Record],
-               options: RunOptions, summary: Summary, progress: _Progress,
-               emit: Callable[[Record, dict[str, Any]], bool]) -> None:
+def _pipelined(engine: Engine, task: BatchableTask, feed: _Feed, options: RunOptions,
+               summary: Summary, progress: _Progress,
+               emit: Callable[[Record, dict[str, Any]], bool]) -> bool:
     """One engine request per record, handed to the engine as a stream so a batching
-    engine can run many at once; results are written in input order."""
-    items: deque[_Item] = deque()
+    engine can run many at once; results are written in input order, each as soon as
+    every record before it is written. False when stopped early (--fail-fast)."""
+    items: deque[_Item] = deque()  # not written yet, in input order; the head is in flight
+    in_flight = 0  # requests handed to the engine whose results have not come back
+    stopped = False
 
-    def requests() -> Iterator[ChatRequest | ScoreRequest]:
-        for record in todo:
-            if record.error is not None:
-                items.append(_Item(record, error_record(record, record.error)))
-                continue
-            try:
-                messages, n_tokens, truncated = prepare(engine, task, record,
-                                                        options.on_overflow)
-                request = task.request(engine, messages, record)
-            except TermlmError as exc:
-                items.append(_Item(record, error_record(record, exc.message)))
-                continue
-            if isinstance(request, dict):  # answered without the model
-                items.append(_Item(record, _done_fields(record, request, n_tokens, truncated,
-                                                        options, summary, progress)))
-                continue
-            items.append(_Item(record, None, n_tokens, truncated, request))
-            yield request
+    def settle(item: _Item) -> bool:
+        """A record done without the engine: written now, unless one before it is in flight."""
+        assert item.out is not None
+        if items:
+            items.append(item)
+            return True
+        return emit(item.record, item.out)
 
-    def flush_ready() -> bool:
-        while items and items[0].out is not None:
-            item = items.popleft()
-            assert item.out is not None
-            if not emit(item.record, item.out):
-                return False
-        return True
+    def requests() -> Generator[ChatRequest | ScoreRequest | None, None, None]:
+        """Requests as the records arrive; None: nothing yet, go on with what you have."""
+        nonlocal in_flight, stopped
+        while not stopped:
+            if in_flight and len(items) > _BACKLOG:
+                yield None  # hand back results before reading on: memory stays bounded
+                continue
+            record = feed.get(block=not in_flight)
+            if record is _WAIT:
+                yield None
+                continue
+            if record is _END:
+                return
+            item = _start(engine, task, record, options, summary, progress)
+            if item.request is None:
+                if not settle(item):
+                    stopped = True
+                continue
+            items.append(item)
+            in_flight += 1
+            yield item.request
 
     stream = requests()
     results: Iterator[Any] = (score_many(engine, stream) if task.kind == "score"  # type: ignore[arg-type]
                               else complete_many(engine, stream))  # type: ignore[arg-type]
     try:
         for result in results:
-            if not flush_ready():
-                return
-            item = items.popleft()
-            if not emit(item.record, _finish(task, item, result, options, summary, progress)):
-                return
-        flush_ready()
+            in_flight -= 1
+            item = next(i for i in items if i.request is not None and i.out is None)
+            item.out = _finish(task, item, result, options, summary, progress)
+            while items and items[0].out is not None:
+                ready = items.popleft()
+                assert ready.out is not None
+                if not emit(ready.record, ready.out):
+                    return False
     finally:
         close = getattr(results, "close", None)
         if close is not None:
             close()
+        stream.close()
+    return not stopped
+
+
+def _start(engine: Engine, task: BatchableTask, record: Record, options: RunOptions,
+           summary: Summary, progress: _Progress) -> _Item:
+    """A record's engine request, or its output when it needs none (failed, answered)."""
+    if record.error is not None:
+        return _Item(record, error_record(record, record.error))
+    try:
+        messages, n_tokens, truncated = prepare(engine, task, record, options.on_overflow)
+        request = task.request(engine, messages, record)
+    except TermlmError as exc:
+        return _Item(record, error_record(record, exc.message))
+    if isinstance(request, dict):  # answered without the model
+        return _Item(record, _done_fields(record, request, n_tokens, truncated, options,
+                                          summary, progress))
+    return _Item(record, None, n_tokens, truncated, request)
 
 
 def _finish(task: BatchableTask, item: _Item, result: Any, options: RunOptions,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,10 +31,23 @@ class FakeBatching(FakeEngine):
         self.parallel = parallel
         self.max_in_flight = 0
 
+    def _take(self, it: Iterator[Any]) -> list[Any]:
+        """Up to `parallel` requests; fewer when the caller has none yet (a None)."""
+        window: list[Any] = []
+        for request in it:
+            if request is None:
+                if not window:
+                    raise RuntimeError("waits with nothing in flight")
+                break
+            window.append(request)
+            if len(window) == self.parallel:
+                break
+        return window
+
     def complete_many(self, requests: Iterable[ChatRequest]) -> Iterator[Completion | Exception]:
         it = iter(requests)
         while True:
-            window = list(islice(it, self.parallel))
+            window = self._take(it)
             if not window:
                 return
             self.max_in_flight = max(self.max_in_flight, len(window))
@@ -74,7 +87,7 @@ class FakeBatching(FakeEngine):
     def score_many(self, requests: Iterable[ScoreRequest]) -> Iterator[list[Score] | Exception]:
         it = iter(requests)
         while True:
-            window = list(islice(it, self.parallel))
+            window = self._take(it)
             if not window:
                 return
             self.max_in_flight = max(self.max_in_flight, len(window))

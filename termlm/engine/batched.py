@@ -183,7 +183,8 @@ class BatchedEngine:
         return result
 
     # -- BatchingEngine protocol --------------------------------------------
-    def complete_many(self, requests: Iterable[ChatRequest]) -> Iterator[Completion | Exception]:
+    def complete_many(self, requests: Iterable[ChatRequest | None]
+                      ) -> Iterator[Completion | Exception]:
         for _index, result in self._results(requests, ordered=True):
             yield result
 
@@ -202,9 +203,9 @@ class BatchedEngine:
         finally:
             run.close()
 
-    def score_many(self, requests: Iterable[ScoreRequest]) -> Iterator[list[Score] | Exception]:
-        items = (self._prepare_score(i, r) for i, r in enumerate(requests))
-        return self._score(items)
+    def score_many(self, requests: Iterable[ScoreRequest | None]
+                   ) -> Iterator[list[Score] | Exception]:
+        return self._score(self._score_items(requests))
 
     # -- preparing requests ---------------------------------------------------
     def _prepare(self, index: int, request: ChatRequest, *, derive_seed: bool) -> Chat:
@@ -234,6 +235,17 @@ class BatchedEngine:
 
     def _prepare_or_fail(self, index: int, request: ChatRequest) -> Pending:
         return _or_failed(index, lambda: self._prepare(index, request, derive_seed=True))
+
+    def _score_items(self, requests: Iterable[ScoreRequest | None]
+                     ) -> Iterator[ScoreItem | Failed | None]:
+        """Each score request prepared (or failed), numbered; None passes through (wait)."""
+        index = 0
+        for request in requests:
+            if request is None:
+                yield None
+                continue
+            yield self._prepare_score(index, request)
+            index += 1
 
     def _prepare_score(self, index: int, request: ScoreRequest) -> ScoreItem | Failed:
         def prepare() -> ScoreItem:
@@ -329,7 +341,8 @@ class BatchedEngine:
         (stream, and everything at parallel 1): requests run one by one in slot 0,
         which reuses and then keeps its tokens, as Llama does; Deltas are yielded as
         text arrives. A None from ``items`` means the caller has nothing to send
-        until it gets another result: no more is pulled until one is yielded.
+        yet: no more is pulled until the next decode step (or result), so waiting
+        for input never holds up the requests in flight.
         """
         self._enter()
         native = self._native
@@ -393,6 +406,7 @@ class BatchedEngine:
                         raise EngineError("internal: a request could not be scheduled")
                     continue
                 finished = self._step(active)
+                waiting = False  # ask for more again after every step
                 for job in finished:
                     active.remove(job)
                     order.put(job.chat.index, self._finish(job, free, keep))
@@ -468,21 +482,26 @@ class BatchedEngine:
             self._release(job.seq, job.prefix, job.reserve, free)
 
     # -- scoring ----------------------------------------------------------------
-    def _score(self, items: Iterator[ScoreItem | Failed]) -> Iterator[list[Score] | Exception]:
-        """Score records a group of ``parallel`` at a time; results in request order."""
+    def _score(self, items: Iterator[ScoreItem | Failed | None]
+               ) -> Iterator[list[Score] | Exception]:
+        """Score records a group of ``parallel`` at a time; results in request order.
+
+        A None from ``items`` (nothing to send yet) ends the pulling for this group."""
         self._enter()
         free = list(range(self.parallel - 1, -1, -1))
         order: InOrder[list[Score] | Exception] = InOrder()
         ahead: deque[ScoreItem | Failed] = deque()
         group: list[ScoreJob] = []
-        exhausted = failed = False
+        exhausted = waiting = failed = False
         try:
             self._drop_kept()
             while True:
-                while not exhausted and len(ahead) < self.parallel + 2:
-                    item = next(items, None)
-                    if item is None:
+                while not exhausted and not waiting and len(ahead) < self.parallel + 2:
+                    item = next(items, _END)
+                    if item is _END:
                         exhausted = True
+                    elif item is None:
+                        waiting = True
                     else:
                         ahead.append(item)
                 while ahead and free:
@@ -503,10 +522,15 @@ class BatchedEngine:
                     group.append(ScoreJob(head, seq, reserve, None, head.tokens[plan.length:],
                                           plan.length))
                     group[-1].prefix = self._start(seq, head.tokens, plan)
-                yield from order.pop_ready()
+                ready = order.pop_ready()
+                waiting = waiting and not ready  # a result handed back: ask again
+                yield from ready
                 if not group:
                     if exhausted and not ahead:
                         return
+                    if waiting and not ahead:
+                        raise EngineError("internal: the requests wait for a result, but none "
+                                          "is in flight")
                     continue
                 while any(job.pending for job in group):  # the prompts, in chunks
                     outputs = prompt_chunks(self._native, group)
@@ -521,6 +545,7 @@ class BatchedEngine:
                     order.put(job.item.index, scores)
                     self._release(job.seq, job.prefix, job.reserve, free)
                 group = []
+                waiting = False  # ask for more again after every group
                 yield from order.pop_ready()
         except GeneratorExit:
             raise

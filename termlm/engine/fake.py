@@ -3,13 +3,16 @@
 Replies come from a queue (or echo the last user message); every request is
 recorded. Tokens are counted as whitespace-separated words, and each message
 costs 4 tokens of formatting, so tests can reason about context limits.
+``FakeBatchingEngine`` adds ``parallel`` slots, filled before it answers, as a
+slot scheduler fills them.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from termlm.engine.types import (
     ChatRequest,
@@ -25,6 +28,9 @@ from termlm.engine.types import (
 )
 
 MESSAGE_OVERHEAD = 4
+R = TypeVar("R")
+T = TypeVar("T")
+_END: Any = object()
 
 
 class FakeEngine:
@@ -117,3 +123,52 @@ class FakeEngine:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeBatchingEngine(FakeEngine):
+    """The BatchingEngine protocol on FakeEngine: it takes requests until its
+    ``parallel`` slots are full (or the caller has none yet: a None), then answers
+    the oldest, and so on; results in request order."""
+
+    def __init__(self, replies: Iterable[str] = (), *, parallel: int = 4,
+                 **kw: Any) -> None:
+        super().__init__(replies, **kw)
+        self.parallel = parallel
+        self.max_in_flight = 0
+
+    def complete_many(self, requests: Iterable[ChatRequest | None]
+                      ) -> Iterator[Completion | Exception]:
+        return self._slots(requests, self.complete)
+
+    def complete_each(self, requests: Iterable[ChatRequest | None]
+                      ) -> Iterator[tuple[int, Completion | Exception]]:
+        return enumerate(self._slots(requests, self.complete))  # in order is one valid order
+
+    def score_many(self, requests: Iterable[ScoreRequest | None]
+                   ) -> Iterator[list[Score] | Exception]:
+        return self._slots(requests, self.score)
+
+    def _slots(self, requests: Iterable[R | None], call: Callable[[R], T]
+               ) -> Iterator[T | Exception]:
+        source = iter(requests)
+        held: deque[R] = deque()
+        exhausted = False
+        while True:
+            while not exhausted and len(held) < self.parallel:
+                request = next(source, _END)
+                if request is _END:
+                    exhausted = True
+                elif request is None:
+                    if not held:
+                        raise RuntimeError("the requests wait for a result, but none is "
+                                           "in flight")
+                    break
+                else:
+                    held.append(request)
+            if not held:
+                return
+            self.max_in_flight = max(self.max_in_flight, len(held))
+            try:
+                yield call(held.popleft())
+            except Exception as exc:
+                yield exc

@@ -247,12 +247,15 @@ class BatchingEngine(Protocol):
     Results come back in request order, one per request; a request that fails
     yields its TermlmError instead of a result, and the others go on. Requests are
     pulled from the iterable lazily, a few ahead of the results, so a caller can
-    stream millions of records through a bounded number of slots.
+    stream millions of records through a bounded number of slots. A None pulled
+    means the caller has nothing to send yet: the engine goes on with the requests
+    it has and must not stop; it may ask again after any step.
     """
 
     parallel: int
 
-    def complete_many(self, requests: Iterable[ChatRequest]) -> Iterator[Completion | Exception]:
+    def complete_many(self, requests: Iterable[ChatRequest | None]
+                      ) -> Iterator[Completion | Exception]:
         ...
 
     def complete_each(self, requests: Iterable[ChatRequest | None]
@@ -265,17 +268,23 @@ class BatchingEngine(Protocol):
         """
         ...
 
-    def score_many(self, requests: Iterable[ScoreRequest]) -> Iterator[list[Score] | Exception]:
+    def score_many(self, requests: Iterable[ScoreRequest | None]
+                   ) -> Iterator[list[Score] | Exception]:
         ...
 
 
-def complete_many(engine: Engine, requests: Iterable[ChatRequest]
+def complete_many(engine: Engine, requests: Iterable[ChatRequest | None]
                   ) -> Iterator[Completion | Exception]:
-    """Ordered results for ``requests``: batched when the engine can, one by one otherwise."""
+    """Ordered results for ``requests``: batched when the engine can, one by one otherwise.
+
+    A None in ``requests`` means "nothing to send yet": the engine goes on with what it
+    has in flight and asks again later (one by one, nothing is in flight when it asks)."""
     if isinstance(engine, BatchingEngine) and engine.parallel > 1:
         yield from engine.complete_many(requests)
         return
     for request in requests:
+        if request is None:
+            continue
         try:
             yield engine.complete(request)
         except Exception as exc:
@@ -298,12 +307,19 @@ def complete_each(engine: Engine, requests: Iterable[ChatRequest | None]
         yield index, result
 
 
-def score_many(engine: Engine, requests: Iterable[ScoreRequest]
+def score_many(engine: Engine, requests: Iterable[ScoreRequest | None]
                ) -> Iterator[list[Score] | Exception]:
-    if isinstance(engine, BatchingEngine) and engine.parallel > 1:
+    """Ordered scores for ``requests`` (None: nothing to send yet, as for complete_many).
+
+    A batching engine gets the whole stream even with one slot: it sees the next
+    request coming and evaluates the prompt prefix they share once (called one by
+    one, a request has no neighbour to share a prefix with)."""
+    if isinstance(engine, BatchingEngine):
         yield from engine.score_many(requests)
         return
     for request in requests:
+        if request is None:
+            continue
         try:
             yield engine.score(request)
         except Exception as exc:
