@@ -198,7 +198,7 @@ def _check_dir(out: Path) -> None:
 
 def _read(source: Source) -> tuple[str, str] | None:
     """(text, BOM to put back); None for a binary file found by a walk (skipped)."""
-    from termlm.inputs import decode_text, read_stdin
+    from termlm.inputs import NotRegular, decode_text, read_input_bytes, read_stdin
 
     if source.is_stdin:
         text = read_stdin()
@@ -206,12 +206,14 @@ def _read(source: Source) -> tuple[str, str] | None:
             raise UsageError("no input on stdin: nothing to translate")
         return text, ""
     try:
-        data = Path(source.path).read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {source.name}: {exc.strerror or exc}") from None
+        data = read_input_bytes(source.path)
+    except NotRegular:
+        if source.walked:  # a FIFO or device found by a walk: skipped, never read
+            return None
+        raise
     if not data:
         raise InputError(f"{source.name} is empty: nothing to translate")
-    if source.walked and b"\x00" in data[:8192]:
+    if source.walked and b"\x00" in data:
         return None
     text = decode_text(data, source.name)
     return text, _BOM if data.startswith(b"\xef\xbb\xbf") else ""

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from termlm.errors import ModelFileError
+from termlm.errors import InputError, ModelFileError
+from termlm.inputs import NotRegular, file_kind, open_input
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -401,7 +402,16 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
     """Read and check a GGUF file's header; raise ModelFileError if anything is wrong."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
+        fh = open_input(path)  # a regular file: a FIFO or a device never blocks the check
+    except NotRegular:
+        kind = file_kind(os.stat(path).st_mode) or "not a regular file"
+        raise ModelFileError(f"{path} is {kind}, not a GGUF file") from None
+    except InputError as exc:
+        if "no such file" in exc.message:
+            raise ModelFileError(f"model file not found: {path}") from None
+        raise ModelFileError(exc.message) from None
+    try:
+        with fh:
             file_size = os.fstat(fh.fileno()).st_size
             head = fh.read(4)
             if not head:

@@ -117,10 +117,12 @@ def _file_now(index: Index, key: str) -> list[str] | str:
         return "gone"
     if index.indexed_stat(key) == (st.st_mtime_ns, st.st_size):
         return "same"
+    from termlm.errors import InputError
+    from termlm.inputs import read_input_bytes
+
     try:
-        with open(key, "rb") as fp:
-            return split_lines(fp.read().decode("utf-8-sig"))
-    except (OSError, UnicodeDecodeError):
+        return split_lines(read_input_bytes(key).decode("utf-8-sig"))
+    except (InputError, UnicodeDecodeError):
         return "gone"
 
 

@@ -194,7 +194,8 @@ class Index:
         try:
             conn = _connect(target)
         except sqlite3.Error as exc:
-            raise QaIndexError(f"cannot open the QA index {path}: {exc}") from None
+            raise QaIndexError(f"cannot open the QA index {path}: {exc}",
+                               hint="rebuild it with --reindex") from None
         try:
             _check_fts5(conn)
             index = cls(conn, path)
@@ -217,10 +218,19 @@ class Index:
         if built is None:
             return
         self.conn.commit()
-        live = _connect(self.path)
         try:
-            _check_fts5(live)
+            live = _connect(self.path)
             self.conn.backup(live)
+        except sqlite3.DatabaseError:  # the live file is damaged, so no run can be using it
+            with contextlib.suppress(NameError, sqlite3.Error):
+                live.close()
+            self.conn.close()
+            for suffix in ("-wal", "-shm", "-journal"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(str(self.path) + suffix)
+            os.replace(built, self.path)
+            live = _connect(self.path)
+        try:
             live.execute("CREATE TEMP TABLE IF NOT EXISTS qa_scope(path TEXT PRIMARY KEY)")
         except BaseException:
             live.close()

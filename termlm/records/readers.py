@@ -15,12 +15,15 @@ import glob as globlib
 import io
 import json
 import os
+import stat
 import sys
+from collections import deque
 from collections.abc import Iterable, Iterator
 from fnmatch import fnmatch
 from typing import IO, Any, BinaryIO
 
 from termlm.errors import InputError, UsageError
+from termlm.inputs import open_input
 from termlm.records.types import Record, Source, Warn
 
 FORMATS = ("txt", "jsonl", "csv", "tsv")
@@ -61,6 +64,7 @@ def expand_inputs(paths: list[str], glob: str | None = None) -> list[Source]:
             for found in _walk(arg, glob):
                 add(found)
         elif os.path.exists(arg):
+            _check_named(arg)
             add(Source(arg, arg))
         elif _GLOB_MAGIC.intersection(arg):
             matches = sorted(globlib.glob(arg, recursive=True))
@@ -75,6 +79,19 @@ def expand_inputs(paths: list[str], glob: str | None = None) -> list[Source]:
         else:
             raise InputError(f"no such file: {arg}")
     return sources
+
+
+def _check_named(path: str) -> None:
+    """A file named on the command line must be readable, before any model loads: a
+    regular file that opens, or a pipe (``<(cmd)``, read as a stream like stdin, and
+    not opened here, which would lose what its writer sends)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if stat.S_ISFIFO(mode):
+        return
+    open_input(path).close()
 
 
 def _walk(directory: str, pattern: str | None) -> list[Source]:
@@ -200,7 +217,10 @@ class _Reader:
         value = fields.get(self.id_field)
         if value is None or value == "":
             return self.line_id(source, line)
-        return str(value)
+        if isinstance(value, str):
+            return value
+        # true, 7, 1.5, {"k": 1}: their JSON text, never a Python repr ("True")
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
 
     def text_of(self, fields: dict[str, Any], what: str,
                 place: str) -> tuple[str | None, str | None]:
@@ -215,8 +235,12 @@ class _Reader:
 
     @staticmethod
     def lines(fp: IO[bytes]) -> Iterator[tuple[int, str, bool]]:
-        """(line number, text without its line ending, had invalid UTF-8)."""
+        """(line number, text without its line ending, had invalid UTF-8).
+
+        A NUL byte anywhere, not only in the first 8 KiB, makes the file binary."""
         for number, raw in enumerate(fp, 1):
+            if b"\x00" in raw:
+                raise _Binary(number)
             data = raw[3:] if number == 1 and raw.startswith(_BOM) else raw
             if data.endswith(b"\n"):
                 data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
@@ -244,9 +268,10 @@ class _Reader:
                 yield _error(line_id, source, number, f"invalid UTF-8 {place}")
                 continue
             try:
-                obj = json.loads(text)
+                obj = json.loads(text, parse_constant=_no_constant)
             except (ValueError, RecursionError) as exc:
-                reason = getattr(exc, "msg", None) or "nested too deeply"
+                reason = getattr(exc, "msg", None) or (
+                    "nested too deeply" if isinstance(exc, RecursionError) else str(exc))
                 yield _error(line_id, source, number, f"invalid JSON {place}: {reason}")
                 continue
             if not isinstance(obj, dict):
@@ -258,29 +283,58 @@ class _Reader:
                          problem, number)
 
     def csv(self, source: Source, fp: IO[bytes], delimiter: str) -> Iterator[Record]:
+        """CSV/TSV rows. A quote that is never closed would swallow every later row into
+        one field (up to the next quote, or the end of the file); a row read over several
+        lines that ends ragged or at the end inside a quote is reported as "unterminated
+        quote starting on line N", and the lines after it are read again as rows."""
         _allow_big_cells()
         bad_lines: list[int] = []
+        pending: deque[tuple[int, str, bool]] = deque()  # lines to read again
+        consumed: list[tuple[int, str, bool]] = []  # the lines of the row being read
+        raw_lines = enumerate(fp, 1)
 
-        def decoded() -> Iterator[str]:
-            for number, raw in enumerate(fp, 1):
-                data = raw[3:] if number == 1 and raw.startswith(_BOM) else raw
-                text, bad = _decode(data)
+        def feed() -> Iterator[str]:
+            while True:
+                if pending:
+                    number, text, bad = pending.popleft()
+                else:
+                    item = next(raw_lines, None)
+                    if item is None:
+                        return
+                    number, raw = item
+                    if b"\x00" in raw:
+                        raise _Binary(number)
+                    data = raw[3:] if number == 1 and raw.startswith(_BOM) else raw
+                    text, bad = _decode(data)
+                consumed.append((number, text, bad))
                 if bad:
                     bad_lines.append(number)
                 yield text
 
-        rows = csv.reader(decoded(), delimiter=delimiter)
+        rows = csv.reader(feed(), delimiter=delimiter)
         header: list[str] | None = None
         while True:
-            start = rows.line_num + 1
+            consumed.clear()
             try:
                 row = next(rows)
             except StopIteration:
                 return
             except csv.Error as exc:
+                at = consumed[0][0] if consumed else 0
+                bad_lines.clear()
+                yield _error(self.line_id(source, at), source, at,
+                             f"malformed CSV row on line {at} of {source.name}: {exc}")
+                continue
+            start = consumed[0][0] if consumed else 0
+            # a quote that runs over lines into a ragged row, or to the end of the file
+            if len(consumed) > 1 and (
+                    (header is not None and len(row) != len(header))
+                    or _unterminated(consumed, delimiter)):
                 bad_lines.clear()
                 yield _error(self.line_id(source, start), source, start,
-                             f"malformed CSV row on line {start} of {source.name}: {exc}")
+                             f"unterminated quote starting on line {start} of {source.name}")
+                pending.extend(consumed[1:])
+                rows = csv.reader(feed(), delimiter=delimiter)
                 continue
             bad = bool(bad_lines)
             bad_lines.clear()
@@ -323,29 +377,56 @@ class _Reader:
 
 def _read_source(source: Source, fmt: str, per_file: bool, reader: _Reader,
                  warn: Warn | None, stdin: BinaryIO | None) -> Iterator[Record]:
+    """The records of one source. Nothing about one file stops the run: a file found by
+    a walk that cannot be read (not a regular file, permission denied, binary) is
+    skipped with a warning; a named one becomes an error record, and the run goes on."""
+    def skip_or_fail(reason: str, message: str | None = None) -> Iterator[Record]:
+        if source.walked:
+            if warn is not None:
+                warn(f"skipping {source.name}: {reason}")
+        else:
+            yield _error(source.name, source, 0, message or f"{source.name}: {reason}")
+
     try:
         fp, wrapped = _open(source, stdin)
-    except OSError as exc:
-        raise InputError(f"cannot read {source.name}: {exc.strerror or exc}") from None
+    except InputError as exc:
+        path = source.path
+        reason = (exc.message.replace(f"cannot read {path}: ", "cannot read it: ")
+                  .replace(f"{path} is ", "it is ").replace(f"{path}: ", ""))
+        yield from skip_or_fail(reason, exc.message)
+        return
+    yielded = 0
     try:
         if b"\x00" in fp.peek(_SNIFF)[:_SNIFF]:
-            if source.walked:
-                if warn is not None:
-                    warn(f"skipping {source.name}: binary data, not text")
-            else:
-                yield _error(source.name, source, 0,
-                             f"{source.name} looks like binary data, not text")
+            yield from skip_or_fail("binary data, not text",
+                                    f"{source.name} looks like binary data, not text")
             return
         if per_file:
-            yield reader.whole(source, fp)
+            records: Iterator[Record] = iter([reader.whole(source, fp)])
         elif fmt == "jsonl":
-            yield from reader.jsonl(source, fp)
+            records = reader.jsonl(source, fp)
         elif fmt in ("csv", "tsv"):
-            yield from reader.csv(source, fp, "\t" if fmt == "tsv" else ",")
+            records = reader.csv(source, fp, "\t" if fmt == "tsv" else ",")
         else:
-            yield from reader.txt(source, fp)
+            records = reader.txt(source, fp)
+        for rec in records:
+            yielded += 1
+            yield rec
+    except _Binary as exc:
+        if yielded == 0:
+            yield from skip_or_fail("binary data, not text",
+                                    f"{source.name} looks like binary data, not text")
+        else:
+            yield _error(f"{source.name}:{exc.line}" if reader.several else str(exc.line),
+                         source, exc.line, f"binary data (a NUL byte) on line {exc.line} of "
+                         f"{source.name}; the rest of the file is not read")
     except OSError as exc:
-        raise InputError(f"cannot read {source.name}: {exc.strerror or exc}") from None
+        reason = exc.strerror or str(exc)
+        if yielded == 0:
+            yield from skip_or_fail(f"cannot read it ({reason})")
+        else:
+            yield _error(f"{source.name}:read-error", source, 0,
+                         f"cannot read {source.name} after {yielded} records: {reason}")
     finally:
         if not source.is_stdin:
             fp.close()
@@ -354,20 +435,47 @@ def _read_source(source: Source, fmt: str, per_file: bool, reader: _Reader,
 
 
 def _open(source: Source, stdin: BinaryIO | None) -> tuple[io.BufferedReader, bool]:
-    """A buffered binary stream (one that can ``peek``), and whether it wraps stdin."""
+    """A buffered binary stream (one that can ``peek``), and whether it wraps stdin.
+
+    Files go through ``open_input``: regular files only (a pipe the user named, such
+    as ``<(cmd)``, too; never a FIFO found by a walk), and an open never blocks."""
     if not source.is_stdin:
-        return io.BufferedReader(io.FileIO(source.path), buffer_size=1 << 16), False
-    stream: Any = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
-    if stream is None:  # a text-only stdin (some test harnesses)
-        stream = io.BytesIO(sys.stdin.read().encode("utf-8"))
-    if isinstance(stream, io.BufferedReader):
+        stream = open_input(source.path, pipes=not source.walked)
+        assert isinstance(stream, io.BufferedReader)
         return stream, False
-    return io.BufferedReader(stream), True
+    raw: Any = stdin if stdin is not None else getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text-only stdin (some test harnesses)
+        raw = io.BytesIO(sys.stdin.read().encode("utf-8"))
+    if isinstance(raw, io.BufferedReader):
+        return raw, False
+    return io.BufferedReader(raw), True
 
 
 def _allow_big_cells() -> None:
     """Let a CSV cell be as large as a text (the csv module's default cap is 128 KiB)."""
     csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
+
+
+class _Binary(Exception):
+    """A NUL byte on ``line``: the file is binary data."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _unterminated(lines: list[tuple[int, str, bool]], delimiter: str) -> bool:
+    """Whether a row read over several lines ran into the end of the file inside a quote."""
+    try:
+        for _ in csv.reader((text for _, text, _ in lines), delimiter=delimiter, strict=True):
+            pass
+    except csv.Error as exc:
+        return "end of data" in str(exc) or "EOF" in str(exc)
+    return False
 
 
 def _decode(data: bytes) -> tuple[str, bool]:
