@@ -12,7 +12,13 @@ from termlm.errors import InputError
 
 
 class NotRegular(InputError):
-    """A path that is not a regular file (a FIFO, a device, a socket, a directory)."""
+    """A path that is not a regular file (a FIFO, a device, a socket, a directory).
+
+    ``kind`` says what it is, in words ("a FIFO")."""
+
+    def __init__(self, message: str, *, kind: str = "not a regular file") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def file_kind(mode: int) -> str | None:
@@ -25,37 +31,50 @@ def file_kind(mode: int) -> str | None:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
+def is_pipe(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a pipe (a FIFO, ``<(cmd)``, ``/dev/stdin`` on a pipe)."""
+    try:
+        return stat.S_ISFIFO(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+
+
 def open_input(path: str | os.PathLike[str], *, pipes: bool = False) -> BinaryIO:
     """The one way termlm opens a file it reads: a buffered binary stream.
 
     Only regular files: the path is opened without blocking (``O_NONBLOCK``, so a
     FIFO with no writer cannot hang the open), checked with ``fstat`` on the open
     descriptor (no race with a rename), and anything else is a ``NotRegular`` error
-    naming what it is. ``pipes`` lets an explicitly named pipe through (``<(cmd)``,
-    ``/dev/stdin``), read as a stream like stdin; devices and sockets never are.
-    Other failures (missing, permission denied) are an ``InputError``.
+    naming what it is. Other failures (missing, permission denied) are an
+    ``InputError``.
+
+    ``pipes`` lets a pipe the user named through (``<(cmd)``, ``/dev/stdin``, a
+    FIFO given as an argument), read as a stream like stdin: the open waits for
+    its writer, as ``cat`` does (Ctrl-C stops it). Devices and sockets never are.
+    A pipe is never opened without blocking and then reopened: a writer that
+    came in between would lose what it wrote.
     """
     name = os.fspath(path)
+    stream = pipes and is_pipe(name)
     try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
-                     | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(name, _READ if stream else _READ | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
         raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise NotRegular(f"{name} is a directory, not a file") from None
+        raise NotRegular(f"{name} is a directory, not a file", kind="a directory") from None
     except OSError as exc:
         raise InputError(f"cannot read {name}: {exc.strerror or exc}") from None
     try:
         mode = os.fstat(fd).st_mode
         kind = file_kind(mode)
         if kind == "a directory":
-            raise NotRegular(f"{name} is a directory, not a file")
-        if kind is not None and not (pipes and stat.S_ISFIFO(mode)):
-            raise NotRegular(f"{name} is {kind}, not a regular file")
-        if kind is not None:  # a pipe the user named: wait for its writer, as cat does
-            os.close(fd)
-            fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        if hasattr(os, "set_blocking"):
+            raise NotRegular(f"{name} is a directory, not a file", kind=kind)
+        if kind is not None and not (stream and stat.S_ISFIFO(mode)):
+            raise NotRegular(f"{name} is {kind}, not a regular file", kind=kind)
+        if not stream and hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb", buffering=1 << 16)
     except BaseException:
@@ -63,9 +82,17 @@ def open_input(path: str | os.PathLike[str], *, pipes: bool = False) -> BinaryIO
         raise
 
 
-def read_input_bytes(path: str | os.PathLike[str]) -> bytes:
-    """A regular file's bytes, through ``open_input``."""
-    with open_input(path) as fp:
+def skip_reason(exc: InputError, path: str | os.PathLike[str]) -> str:
+    """Why a file found by a walk is skipped, without its name: ``a FIFO, not a
+    regular file``, ``cannot read it: Permission denied``."""
+    name = os.fspath(path)
+    return (exc.message.replace(f"cannot read {name}: ", "cannot read it: ")
+            .replace(f"{name} is ", "").replace(f"{name}: ", ""))
+
+
+def read_input_bytes(path: str | os.PathLike[str], *, pipes: bool = False) -> bytes:
+    """A regular file's bytes (or a named pipe's, with ``pipes``), through ``open_input``."""
+    with open_input(path, pipes=pipes) as fp:
         try:
             return fp.read()
         except OSError as exc:

@@ -21,11 +21,15 @@ from termlm.records.readers import expand_inputs, read_records
 from tests.conftest import Cli
 
 
+class Hung(Exception):  # not an OSError (TimeoutError is one): never caught as one
+    """A blocking open or read that the deadline cut off."""
+
+
 @contextlib.contextmanager
 def deadline(seconds: int) -> Iterator[None]:
     """Fail instead of hanging: a blocking open or read in the main thread is cut off."""
     def expired(_signum: int, _frame: Any) -> None:
-        raise TimeoutError(f"still running after {seconds} s")
+        raise Hung(f"still running after {seconds} s")
 
     old = signal.signal(signal.SIGALRM, expired)
     signal.alarm(seconds)
@@ -207,3 +211,99 @@ def test_a_nul_byte_after_the_first_8_kib_is_binary(tmp_path: Path) -> None:
     assert not any(r.text == "more" for r in records)
     with pytest.raises(InputError, match="binary"):
         decode_text(b"x" * 9000 + b"\x00", "stdin")
+
+
+# -- follow-ups: the same rules wherever a file is read -----------------------------------
+
+def test_a_pipe_named_as_a_path_is_read_once_like_stdin(tmp_path: Path) -> None:
+    """`<(cmd)` is /dev/fd/N, an anonymous pipe: read as a stream, even once its writer
+    is gone, and never counted (counting would read it, leaving nothing to read)."""
+    from termlm.records.readers import count_records
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"one\ntwo\n")
+    os.close(write_end)
+    try:
+        sources = expand_inputs([f"/proc/self/fd/{read_end}"])
+        with deadline(10):
+            assert count_records(sources) is None
+            assert [r.text for r in read_records(sources)] == ["one", "two"]
+    finally:
+        os.close(read_end)
+
+
+def test_counting_for_progress_skips_a_walked_fifo(fifo_dir: Path) -> None:
+    from termlm.records.readers import count_records
+
+    with deadline(10):
+        assert count_records(expand_inputs([str(fifo_dir)])) == 1
+
+
+def test_progress_with_a_walked_fifo_does_not_hang(cli: Cli, fifo_dir: Path) -> None:
+    with deadline(20):
+        result = cli("batch", "-p", "{text}", "--progress", str(fifo_dir))
+    assert result.exit_code == 0, result.stderr
+    assert "skipping" in result.stderr and "FIFO" in result.stderr
+
+
+def test_the_skip_line_says_what_the_file_is(cli: Cli, fifo_dir: Path, tmp_path: Path) -> None:
+    with deadline(20):
+        batch = cli("batch", "-p", "{text}", str(fifo_dir))
+        translated = cli("translate", "--to", "French", str(fifo_dir), "-o",
+                         str(tmp_path / "fr"))
+    line = f"skipping {fifo_dir / 'f.txt'}: a FIFO, not a regular file"
+    assert line in batch.stderr
+    assert line in translated.stderr
+
+
+def test_translate_skips_an_unreadable_walked_file(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "d"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello\n")
+    _unreadable(folder)
+    result = cli("translate", "--to", "French", str(folder), "-o", str(tmp_path / "fr"))
+    assert result.exit_code == 0, result.stderr
+    assert f"skipping {folder / 'm.txt'}: cannot read it" in result.stderr
+    assert [p.name for p in (tmp_path / "fr").rglob("*") if p.is_file()] == ["a.fr.txt"]
+
+
+def test_a_glossary_that_is_a_device_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "a.txt").write_text("hello\n")
+    with deadline(10):
+        result = cli("translate", "--to", "French", "--glossary", "/dev/zero",
+                     str(tmp_path / "a.txt"))
+    assert result.exit_code == 1
+    assert "/dev/zero is a character device, not a regular file" in result.stderr
+    assert not cli.engine.requests
+
+
+def test_a_number_too_large_for_a_float_is_not_infinity(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": 1, "text": "a", "x": 1e999}\n{"id": 2, "text": "b", "x": -1e400}\n'
+                    '{"id": 3, "text": "c", "x": 1.5e300}\n')
+    records = list(read_records(expand_inputs([str(path)])))
+    assert ["too large a number" in str(r.error) for r in records] == [True, True, False]
+    assert records[2].fields["x"] == 1.5e300
+
+
+def test_an_object_id_keeps_its_key_order(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": {"b": 1, "a": [true, null]}, "text": "t"}\n'
+                    '{"id": "\u00e9t\u00e9", "text": "t"}\n')
+    ids = [r.id for r in read_records(expand_inputs([str(path)]))]
+    assert ids == ['{"b":1,"a":[true,null]}', "\u00e9t\u00e9"]
+
+
+def test_per_file_mode_sees_a_late_nul_byte(tmp_path: Path) -> None:
+    walked = tmp_path / "d"
+    walked.mkdir()
+    late = b"line\n" * 4000 + b"bad\x00byte\n"
+    (walked / "late.txt").write_bytes(late)
+    (walked / "ok.txt").write_text("fine\n")
+    warnings: list[str] = []
+    records = list(read_records(expand_inputs([str(walked)]), per_file=True,
+                                warn=warnings.append))
+    assert [r.text for r in records] == ["fine\n"]
+    assert warnings == [f"skipping {walked / 'late.txt'}: binary data, not text"]
+    named = list(read_records(expand_inputs([str(walked / "late.txt")]), per_file=True))
+    assert named[0].text is None and "binary data" in str(named[0].error)

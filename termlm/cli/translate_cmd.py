@@ -196,9 +196,11 @@ def _check_dir(out: Path) -> None:
                           f"{exc.strerror or exc}") from None
 
 
-def _read(source: Source) -> tuple[str, str] | None:
-    """(text, BOM to put back); None for a binary file found by a walk (skipped)."""
-    from termlm.inputs import NotRegular, decode_text, read_input_bytes, read_stdin
+def _read(source: Source) -> tuple[str, str] | str:
+    """(text, BOM to put back); for a file found by a walk that is binary, not a
+    regular file or unreadable, why it is skipped. A named file that cannot be read
+    is an InputError (a named pipe, ``<(cmd)``, is read like stdin)."""
+    from termlm.inputs import decode_text, read_input_bytes, read_stdin, skip_reason
 
     if source.is_stdin:
         text = read_stdin()
@@ -206,15 +208,15 @@ def _read(source: Source) -> tuple[str, str] | None:
             raise UsageError("no input on stdin: nothing to translate")
         return text, ""
     try:
-        data = read_input_bytes(source.path)
-    except NotRegular:
-        if source.walked:  # a FIFO or device found by a walk: skipped, never read
-            return None
-        raise
+        data = read_input_bytes(source.path, pipes=not source.walked)
+    except InputError as exc:
+        if not source.walked:
+            raise
+        return skip_reason(exc, source.path)  # a FIFO or a device is never read
     if not data:
         raise InputError(f"{source.name} is empty: nothing to translate")
     if source.walked and b"\x00" in data:
-        return None
+        return "binary data, not text"
     text = decode_text(data, source.name)
     return text, _BOM if data.startswith(b"\xef\xbb\xbf") else ""
 
@@ -240,7 +242,7 @@ class _Job:
     bom: str = ""
     finish: Callable[[], DocResult] | None = None
     problem: TermlmError | None = None  # it failed before any translation
-    skipped: bool = False
+    skipped: str | None = None  # why a file found by a walk is not translated
 
 
 def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
@@ -267,8 +269,8 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
                 if isinstance(target, str):
                     raise TermlmError(target)
                 read = _read(source)
-                if read is None:
-                    job.skipped = True
+                if isinstance(read, str):
+                    job.skipped = read
                     yield job, []
                     continue
                 text, job.bom = read
@@ -299,8 +301,8 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
             if problem is not None:
                 fail(label, problem)
                 continue
-            if job.skipped or job.finish is None:
-                notice(f"skipping {label}: binary data, not text")
+            if job.skipped is not None or job.finish is None:
+                notice(f"skipping {label}: {job.skipped or 'binary data, not text'}")
                 skipped += 1
                 continue
             result = job.finish()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from termlm.errors import InputError, ModelFileError
-from termlm.inputs import NotRegular, file_kind, open_input
+from termlm.inputs import NotRegular, open_input
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -403,9 +403,8 @@ def read_gguf(path: str | os.PathLike[str]) -> GGUFHeader:
     path = Path(path)
     try:
         fh = open_input(path)  # a regular file: a FIFO or a device never blocks the check
-    except NotRegular:
-        kind = file_kind(os.stat(path).st_mode) or "not a regular file"
-        raise ModelFileError(f"{path} is {kind}, not a GGUF file") from None
+    except NotRegular as exc:  # a directory, a FIFO, a device: never handed to llama.cpp
+        raise ModelFileError(f"{path} is {exc.kind}, not a GGUF file") from None
     except InputError as exc:
         if "no such file" in exc.message:
             raise ModelFileError(f"model file not found: {path}") from None

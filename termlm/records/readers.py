@@ -14,8 +14,8 @@ import dataclasses
 import glob as globlib
 import io
 import json
+import math
 import os
-import stat
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -23,7 +23,7 @@ from fnmatch import fnmatch
 from typing import IO, Any, BinaryIO
 
 from termlm.errors import InputError, UsageError
-from termlm.inputs import open_input
+from termlm.inputs import is_pipe, open_input, skip_reason
 from termlm.records.types import Record, Source, Warn
 
 FORMATS = ("txt", "jsonl", "csv", "tsv")
@@ -85,13 +85,8 @@ def _check_named(path: str) -> None:
     """A file named on the command line must be readable, before any model loads: a
     regular file that opens, or a pipe (``<(cmd)``, read as a stream like stdin, and
     not opened here, which would lose what its writer sends)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if stat.S_ISFIFO(mode):
-        return
-    open_input(path).close()
+    if not is_pipe(path):
+        open_input(path).close()
 
 
 def _walk(directory: str, pattern: str | None) -> list[Source]:
@@ -147,8 +142,11 @@ def read_records(
 
     ``encoding_errors`` is ``"strict"`` (a line with invalid UTF-8 becomes an
     error record) or ``"replace"`` (decoded with U+FFFD). ``warn`` hears of
-    skipped binary files found by a walk and of duplicate ids, once per id.
-    An I/O failure opening or reading a file is an InputError.
+    skipped files found by a walk (binary, not a regular file, unreadable) and
+    of duplicate ids, once per id. No file stops the stream: one named on the
+    command line that cannot be read becomes an error record, and a read that
+    fails half way ends that file with an error record after the records
+    already read.
     """
     if encoding_errors not in ("strict", "replace"):
         raise ValueError(f"encoding_errors must be strict or replace, not {encoding_errors!r}")
@@ -177,18 +175,20 @@ def count_records(
     """How many records the sources hold, for a progress ETA; None when stdin is among them.
 
     An estimate: it reads the files once more (cheaply, without decoding) and
-    counts non-blank lines, CSV rows, or files.
+    counts non-blank lines, CSV rows, or files. A pipe can be read only once, so
+    a named one gives None too; files that cannot be read (a walked FIFO, a
+    device) count as nothing, as they will be skipped.
     """
     total = 0
     for source in sources:
-        if source.is_stdin:
+        if source.is_stdin or (not source.walked and is_pipe(source.path)):
             return None
         if per_file:
             total += 1
             continue
         fmt = detect_format(source, input_format)
         try:
-            with open(source.path, "rb") as fp:
+            with open_input(source.path) as fp:
                 if fmt in ("csv", "tsv"):
                     _allow_big_cells()
                     lines = (raw.decode("utf-8", "replace") for raw in fp)
@@ -196,7 +196,7 @@ def count_records(
                     total += max(0, sum(1 for row in rows if row) - 1)
                 else:
                     total += sum(1 for raw in fp if raw.strip())
-        except (OSError, csv.Error):
+        except (InputError, OSError, csv.Error):
             continue
     return total
 
@@ -219,8 +219,8 @@ class _Reader:
             return self.line_id(source, line)
         if isinstance(value, str):
             return value
-        # true, 7, 1.5, {"k": 1}: their JSON text, never a Python repr ("True")
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        # true, 7, 1.5, {"k":1}: their (compact) JSON text, never a Python repr ("True")
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
     def text_of(self, fields: dict[str, Any], what: str,
                 place: str) -> tuple[str | None, str | None]:
@@ -268,7 +268,7 @@ class _Reader:
                 yield _error(line_id, source, number, f"invalid UTF-8 {place}")
                 continue
             try:
-                obj = json.loads(text, parse_constant=_no_constant)
+                obj = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
             except (ValueError, RecursionError) as exc:
                 reason = getattr(exc, "msg", None) or (
                     "nested too deeply" if isinstance(exc, RecursionError) else str(exc))
@@ -362,6 +362,9 @@ class _Reader:
 
     def whole(self, source: Source, fp: IO[bytes]) -> Record:
         data = fp.read()
+        nul = data.find(b"\x00")
+        if nul >= 0:  # anywhere in the file, not only in the first 8 KiB
+            raise _Binary(data.count(b"\n", 0, nul) + 1)
         if data.startswith(_BOM):
             data = data[3:]
         try:
@@ -390,10 +393,7 @@ def _read_source(source: Source, fmt: str, per_file: bool, reader: _Reader,
     try:
         fp, wrapped = _open(source, stdin)
     except InputError as exc:
-        path = source.path
-        reason = (exc.message.replace(f"cannot read {path}: ", "cannot read it: ")
-                  .replace(f"{path} is ", "it is ").replace(f"{path}: ", ""))
-        yield from skip_or_fail(reason, exc.message)
+        yield from skip_or_fail(skip_reason(exc, source.path), exc.message)
         return
     yielded = 0
     try:
@@ -465,7 +465,17 @@ class _Binary(Exception):
 
 
 def _no_constant(name: str) -> Any:
+    """NaN, Infinity, -Infinity: Python's json reads them, but they are not JSON (and
+    would be written back bare, which no JSON reader accepts)."""
     raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float; one too large for a float (1e999) would become inf."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is too large a number")
+    return value
 
 
 def _unterminated(lines: list[tuple[int, str, bool]], delimiter: str) -> bool:

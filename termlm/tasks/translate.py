@@ -82,11 +82,16 @@ def load_glossary(path: Path) -> dict[str, str]:
     """YAML ``term: translation``. Every scalar is read as text (``no: non`` stays text)."""
     import yaml
 
-    try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such glossary file") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    from termlm.inputs import read_input_bytes
+
+    if not path.exists():
+        raise InputError(f"{path}: no such glossary file")
+    try:  # a regular file (or a named pipe, <(cmd)): a FIFO or a device never hangs
+        data = yaml.load(read_input_bytes(path, pipes=True).decode("utf-8"),
+                         Loader=yaml.BaseLoader)
+    except InputError as exc:
+        raise InputError(f"glossary: {exc.message}") from None
+    except UnicodeDecodeError as exc:
         raise InputError(f"cannot read glossary {path}: {exc}") from None
     except yaml.YAMLError:
         raise InputError(f"glossary {path} is not valid YAML") from None
