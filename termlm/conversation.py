@@ -166,8 +166,10 @@ class Conversation:
 
     @classmethod
     def load(cls, path: Path) -> Conversation:
+        from termlm.inputs import read_text_input
+
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text_input(path)
         except FileNotFoundError:
             raise TermlmError(f"no such file: {path}") from None
         except (OSError, UnicodeDecodeError) as exc:

@@ -132,3 +132,18 @@ def read_stdin() -> str:
 
 def read_file(path: Path) -> str:
     return decode_text(read_input_bytes(path), str(path))
+
+
+def read_text_input(path: str | os.PathLike[str]) -> str:
+    """A small file termlm reads whole (labels, schema, template, conversation) as UTF-8,
+    through ``open_input``: a named pipe is read, a device is refused, nothing blocks.
+
+    Raises as ``Path.read_text`` does, so callers keep their messages: FileNotFoundError
+    when missing, OSError (with the reason) when it cannot be read, UnicodeDecodeError."""
+    if not os.path.lexists(path):
+        raise FileNotFoundError(f"{os.fspath(path)}: no such file")
+    try:
+        data = read_input_bytes(path, pipes=True)
+    except InputError as exc:
+        raise OSError(exc.message) from None
+    return data.decode("utf-8")

@@ -24,6 +24,7 @@ from typing import Any
 from termlm import paths
 from termlm.engine.types import SamplingError, SamplingParams
 from termlm.errors import TemplateError
+from termlm.inputs import read_text_input
 
 _KEYS = {"description", "system", "user", "user_with_input", "defaults"}
 _DEFAULT_KEYS = {"temperature", "top_p", "top_k", "max_tokens", "seed", "stop", "repeat_penalty"}
@@ -206,7 +207,7 @@ def load_template(name: str) -> Template:
         )
     path, builtin = files[name]
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_input(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise TemplateError(f"cannot read template {path}: {exc}") from None
     return parse_template(name, text, path=path, builtin=builtin)

@@ -307,3 +307,19 @@ def test_per_file_mode_sees_a_late_nul_byte(tmp_path: Path) -> None:
     assert warnings == [f"skipping {walked / 'late.txt'}: binary data, not text"]
     named = list(read_records(expand_inputs([str(walked / "late.txt")]), per_file=True))
     assert named[0].text is None and "binary data" in str(named[0].error)
+
+
+@pytest.mark.parametrize("args", [
+    ["classify", "--labels-file", "{dev}", "{doc}"],
+    ["extract", "--schema", "{dev}", "{doc}"],
+])
+def test_a_side_file_that_is_a_device_is_one_line(cli: Cli, fifo_dir: Path,
+                                                  args: list[str]) -> None:
+    """A labels or schema file goes through open_input too: a device (which would be
+    read forever) is one line, before any model loads."""
+    doc = str(fifo_dir / "a.txt")
+    device = [a.replace("{dev}", "/dev/zero").replace("{doc}", doc) for a in args]
+    with deadline(10):
+        result = cli(*device)
+    assert result.exit_code in (1, 2)
+    assert "/dev/zero is a character device" in result.stderr

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from termlm import paths
-from termlm.errors import TermlmError
+from termlm.errors import InputError, TermlmError
+from termlm.inputs import read_input_bytes, skip_reason
 from termlm.qa.chunking import ChunkSpec, chunk_text
 from termlm.records.types import Source, Warn
 
@@ -347,11 +348,10 @@ class Index:
             _skip(source, reason, stats, warn)
             return
         try:
-            with open(key, "rb") as fp:
-                data = fp.read()
-        except OSError as exc:
+            data = read_input_bytes(key)  # regular files only, and the open never blocks
+        except InputError as exc:
             self._drop(key)
-            _skip(source, f"cannot read it ({exc.strerror or exc})", stats, warn)
+            _skip(source, skip_reason(exc, key), stats, warn)
             return
         stats.read += 1
         digest = hashlib.sha256(data).hexdigest()

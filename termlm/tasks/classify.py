@@ -17,6 +17,7 @@ from typing import Any
 
 from termlm.engine.types import Completion, Engine, Message, Score, ScoreRequest
 from termlm.errors import UsageError
+from termlm.inputs import read_text_input
 from termlm.prompts import Template
 from termlm.records.types import Record
 from termlm.tasks.base import record_values
@@ -39,7 +40,7 @@ def load_labels_file(path: Path) -> list[Label]:
 
     try:
         # BaseLoader: every scalar is text, so labels such as yes/no/on/1.0 stay as written
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
+        data = yaml.load(read_text_input(path), Loader=yaml.BaseLoader)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such labels file") from None
     except (OSError, UnicodeDecodeError) as exc:

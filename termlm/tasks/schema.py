@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from termlm.errors import UsageError
+from termlm.inputs import read_text_input
 from termlm.tasks.base import RecordError
 
 
 def load_schema(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_input(path)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such schema file") from None
     except (OSError, UnicodeDecodeError) as exc:
