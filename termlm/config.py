@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -38,6 +39,9 @@ class Settings:
     base_url: str | None = None  # for engine "openai", e.g. http://127.0.0.1:8080/v1
     api_key_env: str | None = None  # name of the environment variable holding the API key
     concurrency: int = 4  # requests in flight, engine "openai"
+    timeout_connect: float = 10.0  # engine "openai": seconds to connect to the server
+    timeout_read: float = 120.0  # seconds the server may send nothing
+    timeout_total: float = 600.0  # seconds one try of a request may take, all in all
     source: dict[str, str] = field(default_factory=dict)  # key -> where its value came from
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,6 +73,18 @@ def _parse_int(key: str, value: Any, where: str, *, minimum: int = 0) -> int:
         raise ConfigError(f"{where}: {key} must be a whole number, not {value!r}") from None
     if number < minimum:
         raise ConfigError(f"{where}: {key} must be at least {minimum}, not {number}")
+    return number
+
+
+def _parse_seconds(key: str, value: Any, where: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be a number of seconds, not {value!r}")
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{where}: {key} must be a number of seconds, not {value!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ConfigError(f"{where}: {key} must be more than 0 seconds, not {value!r}")
     return number
 
 
@@ -104,6 +120,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         return None if value is None else _parse_int(key, value, where, minimum=1)
     if key == "concurrency":
         return _parse_int(key, value, where, minimum=1)
+    if key in ("timeout_connect", "timeout_read", "timeout_total"):
+        return _parse_seconds(key, value, where)
     if key == "engine":
         text = str(value).strip().lower()
         if text not in ("llama", "openai"):
@@ -179,6 +197,9 @@ _ENV = {
     "base_url": "TERMLM_BASE_URL",
     "api_key_env": "TERMLM_API_KEY_ENV",
     "concurrency": "TERMLM_CONCURRENCY",
+    "timeout_connect": "TERMLM_TIMEOUT_CONNECT",
+    "timeout_read": "TERMLM_TIMEOUT_READ",
+    "timeout_total": "TERMLM_TIMEOUT_TOTAL",
 }
 
 

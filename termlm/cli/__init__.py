@@ -61,6 +61,15 @@ def _root(
     concurrency: Annotated[int | None, typer.Option(
         "--concurrency", min=1, help="Requests in flight with --engine openai (default 4).",
         show_default=False)] = None,
+    timeout_connect: Annotated[float | None, typer.Option(
+        "--timeout-connect", help="Seconds to connect to the server, --engine openai "
+        "(default 10).", show_default=False)] = None,
+    timeout_read: Annotated[float | None, typer.Option(
+        "--timeout-read", help="Seconds the server may send nothing before a try fails "
+        "(default 120).", show_default=False)] = None,
+    timeout_total: Annotated[float | None, typer.Option(
+        "--timeout-total", help="Seconds one try of a request may take in all (default 600).",
+        show_default=False)] = None,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
@@ -70,7 +79,8 @@ def _root(
     flags = {"n_ctx": ctx_size, "threads": threads, "n_gpu_layers": gpu_layers,
              "flash_attn": flash_attn, "cpu_extra_buffers": cpu_extra_buffers,
              "engine": engine, "base_url": base_url, "api_key_env": api_key_env,
-             "concurrency": concurrency}
+             "concurrency": concurrency, "timeout_connect": timeout_connect,
+             "timeout_read": timeout_read, "timeout_total": timeout_total}
     if offline:
         flags["offline"] = True
     st.flags.update({k: v for k, v in flags.items() if v is not None})

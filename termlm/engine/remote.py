@@ -9,6 +9,11 @@ a timeout) are tried again with exponential backoff. ``complete_many`` and
 ``score_many`` keep ``concurrency`` requests in flight and yield results in
 request order. Tokens are counted with the server's tokenize endpoint when it
 has one. httpx is imported lazily, so ``termlm --help`` does not pay for it.
+
+Every reply is checked against the shape the API promises (termlm.engine.remote_reply):
+a malformed one is an error, never an answer. The calls of a batch run in daemon
+threads the caller never waits for once it stops (Ctrl-C, SIGTERM): a read blocked
+on a server that does not answer cannot hold the process up.
 """
 
 from __future__ import annotations
@@ -16,11 +21,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,11 +35,12 @@ from termlm.engine.remote_http import (
     Http,
     Rejected,
     Retryable,
+    Timeouts,
     cancel_scope,
-    describe,
     json_object,
     sse_data,
 )
+from termlm.engine.remote_reply import Shapes, kind, tokens_of
 from termlm.engine.types import (
     ChatRequest,
     Completion,
@@ -77,7 +84,7 @@ class RemoteEngine:
 
     def __init__(self, base_url: str, *, model: str | None = None, n_ctx: int = 4096,
                  api_key: str | None = None, concurrency: int = 4, seed: int | None = None,
-                 tries: int = TRIES, backoff_s: float = 0.5, timeout_s: float = 600.0,
+                 tries: int = TRIES, backoff_s: float = 0.5, timeouts: Timeouts | None = None,
                  notify: Callable[[str], None] | None = None,
                  fallback_model: str = "default") -> None:
         from termlm.output import notice
@@ -85,8 +92,10 @@ class RemoteEngine:
         started = time.perf_counter()
         self.parallel = max(1, concurrency)
         self._http = Http(base_url, api_key=api_key, tries=tries, backoff_s=backoff_s,
-                          timeout_s=timeout_s, pool=self.parallel + 4)
-        self.base_url = self._http.base_url
+                          timeouts=timeouts, pool=self.parallel + 4)
+        self.base_url = self._http.base_url  # where requests go (no credentials in it)
+        self.shown_url = self._http.shown  # what messages show (credentials masked)
+        self._shapes = Shapes(self.shown_url)
         self.score_method: str | None = None  # "logprobs" or "constrained", once score() ran
         self._seed = seed
         self._notify = notify or notice
@@ -106,7 +115,7 @@ class RemoteEngine:
             self.close()
             raise
         n_ctx = min(n_ctx, reported) if reported else n_ctx
-        self._info = ModelInfo(name=self._model, path=self.base_url, n_ctx=n_ctx,
+        self._info = ModelInfo(name=self._model, path=self.shown_url, n_ctx=n_ctx,
                                n_ctx_train=reported or n_ctx, chat_format="server")
         self._load_s = time.perf_counter() - started
 
@@ -126,9 +135,12 @@ class RemoteEngine:
                                   hint=f"export {settings.api_key_env}=<your key>")
         where = settings.source.get("model")
         explicit = where != "default" if where else settings.model != DEFAULT_MODEL
+        timeouts = Timeouts(connect=settings.timeout_connect, read=settings.timeout_read,
+                            total=settings.timeout_total)
         return cls(settings.base_url, model=settings.model if explicit else None,
                    n_ctx=settings.n_ctx, api_key=api_key, concurrency=settings.concurrency,
-                   seed=settings.seed, fallback_model=settings.model, **options)
+                   seed=settings.seed, fallback_model=settings.model, timeouts=timeouts,
+                   **options)
 
     # -- protocol ---------------------------------------------------------
     @property
@@ -149,17 +161,12 @@ class RemoteEngine:
 
     def complete(self, request: ChatRequest) -> Completion:
         started = time.perf_counter()
-        data = json_object(self._chat(request, stream=False))
-        choices = data.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            raise EngineError(f"server {self.base_url} sent a reply without choices")
-        message = choices[0].get("message") or {}
-        text = message.get("content") if isinstance(message, dict) else None
-        text = text if isinstance(text, str) else ""
+        reply = self._shapes.chat(json_object(self._chat(request, stream=False),
+                                              self._http.show))
         total = time.perf_counter() - started
-        usage = self._usage(data.get("usage"), request.messages, text, None)
+        usage = self._usage(reply.usage, request.messages, reply.text, None)
         rate = usage.completion_tokens / total if total > 0 else 0.0
-        return Completion(text, _finish(choices[0].get("finish_reason")), usage,
+        return Completion(reply.text, _finish(reply.finish_reason), usage,
                           Timings(ttft_s=total, total_s=total, completion_tokens_per_s=rate))
 
     def count_tokens(self, text: str) -> int:
@@ -217,11 +224,16 @@ class RemoteEngine:
         """``parallel`` calls in flight, requests pulled at most 2 x parallel ahead of the
         results, results in request order; a failed call yields its error in its place.
         A None from ``requests`` (nothing to send yet) stops the pulling until a result
-        has been handed back."""
+        has been handed back.
+
+        The calls run in daemon threads. When the caller stops early (Ctrl-C, SIGTERM,
+        --fail-fast) nothing waits for them: calls still running fail at their next
+        read and retry no more, and one blocked on a silent server cannot keep the
+        process from exiting. Only the caller writes results, so none is half-written."""
         cancel = threading.Event()
+        jobs: queue.SimpleQueue[tuple[Future[T | Exception], R] | None] = queue.SimpleQueue()
 
         def run(request: R) -> T | Exception:
-            cancel_scope.event = cancel
             try:
                 if cancel.is_set():
                     raise EngineError("cancelled")
@@ -229,9 +241,16 @@ class RemoteEngine:
             except TermlmError as exc:
                 return exc
             except Exception as exc:  # one bad reply must not stop the batch
-                return EngineError(f"unexpected reply from server {self.base_url}: {exc}")
+                return EngineError(f"unexpected reply from server {self.shown_url}: {exc}")
 
-        pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="termlm-remote")
+        def work() -> None:
+            cancel_scope.event = cancel
+            while (job := jobs.get()) is not None:
+                future, request = job
+                if future.set_running_or_notify_cancel():
+                    future.set_result(run(request))
+
+        workers: list[threading.Thread] = []
         pending: deque[Future[T | Exception]] = deque()
         source = iter(requests)
         exhausted = False
@@ -248,13 +267,23 @@ class RemoteEngine:
                                 raise EngineError("internal: the requests wait for a result, "
                                                   "but none is in flight")
                             break
-                        pending.append(pool.submit(run, request))
+                        future: Future[T | Exception] = Future()
+                        pending.append(future)
+                        jobs.put((future, request))
+                        if len(workers) < min(self.parallel, len(pending)):
+                            workers.append(threading.Thread(
+                                target=work, daemon=True,
+                                name=f"termlm-remote-{len(workers)}"))
+                            workers[-1].start()
                 if not pending:
                     return
                 yield pending.popleft().result()
         finally:
-            cancel.set()  # calls still running finish their current try, and retry no more
-            pool.shutdown(wait=not pending, cancel_futures=True)
+            cancel.set()  # calls still running stop at their next read, and retry no more
+            for future in pending:
+                future.cancel()
+            for _ in workers:
+                jobs.put(None)
 
     # -- talking to the server ----------------------------------------------
     def _post(self, url: str, build: Callable[[], dict[str, Any]], *,
@@ -290,12 +319,15 @@ class RemoteEngine:
             if exc.status in (401, 403):
                 raise self._http.error(exc, url) from None
             return model or fallback, None  # no model list here: trust the name we have
-        entries = [m for m in data.get("data") or [] if isinstance(m, dict)
+        listed = data.get("data")
+        if listed is not None and not isinstance(listed, list):
+            raise self._shapes.error(f"the model list's data is {kind(listed)}, not a list")
+        entries = [m for m in listed or [] if isinstance(m, dict)
                    and isinstance(m.get("id"), str)]
         ids = [m["id"] for m in entries]
         if model is None:
             if not ids:
-                raise EngineError(f"server {self.base_url} lists no models",
+                raise EngineError(f"server {self.shown_url} lists no models",
                                   hint="name the model with -m")
             model = ids[0]
             if len(ids) > 1:
@@ -338,39 +370,38 @@ class RemoteEngine:
 
     def _events(self, response: httpx.Response, request: ChatRequest,
                 started: float) -> Iterator[StreamEvent]:
-        import httpx
-
         parts: list[str] = []
-        finish: Any = None
-        usage: Any = None
+        finish: str | None = None
+        usage: tuple[int, int] | None = None
         first_at: float | None = None
         try:
-            for data in sse_data(response.iter_lines()):
+            for data in sse_data(self._http.lines(response)):
                 if data.strip() == "[DONE]":
                     break
-                chunk = json.loads(data)
-                if not isinstance(chunk, dict):
-                    continue
-                if chunk.get("error"):
-                    raise EngineError(f"server {self.base_url} failed mid-reply: "
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    raise EngineError(f"server {self.shown_url} sent an event that is not "
+                                      "JSON") from None
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    raise EngineError(f"server {self.shown_url} failed mid-reply: "
                                       f"{Rejected(500, '', data).detail()}")
-                usage = chunk.get("usage") or usage
-                for choice in chunk.get("choices") or []:
-                    text = (choice.get("delta") or {}).get("content")
-                    if isinstance(text, str) and text:
+                pieces, reason, reported = self._shapes.chunk(chunk)
+                usage = reported or usage
+                finish = reason or finish
+                for text in pieces:
+                    if text:
+                        self._http.extend()
                         first_at = first_at or time.perf_counter()
                         parts.append(text)
                         yield Delta(text)
-                    finish = choice.get("finish_reason") or finish
-        except httpx.TransportError as exc:
-            raise EngineError(f"server {self.base_url} broke off the reply: "
-                              f"{describe(exc)}") from None
-        except ValueError:
-            raise EngineError(f"server {self.base_url} sent an event that is not JSON") from None
+        except Retryable as exc:  # too late to try again: part of the reply is out
+            raise EngineError(f"server {self.shown_url} broke off the reply: "
+                              f"{exc.reason}") from None
         finally:
             response.close()
         if finish is None:
-            raise EngineError(f"server {self.base_url} ended the reply before it was finished "
+            raise EngineError(f"server {self.shown_url} ended the reply before it was finished "
                               "(another request may have interrupted it)")
         ended = time.perf_counter()
         text = "".join(parts)
@@ -382,11 +413,10 @@ class RemoteEngine:
                          Timings(ttft_s=ttft, total_s=ended - started,
                                  completion_tokens_per_s=max(rate, 0.0)))
 
-    def _usage(self, raw: Any, messages: Sequence[Message], text: str,
+    def _usage(self, counted: tuple[int, int] | None, messages: Sequence[Message], text: str,
                n_chunks: int | None) -> Usage:
-        if isinstance(raw, dict) and isinstance(raw.get("prompt_tokens"), int) \
-                and isinstance(raw.get("completion_tokens"), int):
-            return Usage(raw["prompt_tokens"], raw["completion_tokens"])
+        if counted is not None:
+            return Usage(*counted)
         generated = n_chunks if n_chunks is not None else self.count_tokens(text)
         return Usage(self.count_prompt_tokens(messages), generated)
 
@@ -423,17 +453,14 @@ class RemoteEngine:
             data = self._http.json("POST", url, body, retry=False)
         except (Rejected, EngineError):  # absent, or not JSON: Retryable (down) goes up
             return None
-        tokens = data.get("tokens")
-        if not isinstance(tokens, list):
-            return None
-        return [t if isinstance(t, int) else -1 for t in tokens]
+        return tokens_of(data)  # None unless a list of token ids: then there is no tokenizer
 
     def _probe_tokenizer(self) -> None:
-        for kind in ("extras", "root"):
-            tokens = self._tokenize_with(kind, "Hello")
+        for where in ("extras", "root"):
+            tokens = self._tokenize_with(where, "Hello")
             if tokens:
-                self._bos = self._tokenize_with(kind, "") or []
-                self._tokenizer = kind
+                self._bos = self._tokenize_with(where, "") or []
+                self._tokenizer = where
                 return
         self._tokenizer = "none"
         self._say("the server has no tokenize endpoint: token counts are estimated at "
@@ -477,22 +504,13 @@ class RemoteEngine:
                     "top_logprobs": TOP_LOGPROBS, "stream": False}
 
         try:
-            data = json_object(self._post(url, build))
+            top = self._shapes.top_logprobs(json_object(self._post(url, build), self._http.show))
         except Rejected as exc:
             if not exc.mentions("logprobs"):
                 raise self._http.error(exc, url) from None
-            data = {}
-        try:
-            first = data["choices"][0]["logprobs"]["content"][0]
-            entries = [first, *(first.get("top_logprobs") or [])]
-        except (KeyError, IndexError, TypeError, AttributeError):
+            top = None
+        if top is None:
             self._logprobs = False  # this server does not give them: stop asking
-            return None
-        top: dict[str, float] = {}
-        for entry in entries:
-            token, logprob = entry.get("token"), entry.get("logprob")
-            if isinstance(token, str) and isinstance(logprob, (int, float)):
-                top[token] = max(float(logprob), top.get(token, -math.inf))
         return top
 
     def _constrained(self, request: ScoreRequest, reason: str) -> list[Score]:
