@@ -182,3 +182,11 @@ def test_prompts_list_is_a_table_on_a_terminal(cli: Cli, monkeypatch: pytest.Mon
     assert header == ["name", "origin", "variables", "description"]
     assert "\t" not in listing
     assert any(line.split()[:2] == ["chat", "built-in"] for line in listing.splitlines())
+
+
+def test_config_show_never_prints_a_password_in_the_base_url(cli: Cli) -> None:
+    result = cli("--base-url", "http://me:s3cret@gpu-box:8000/v1", "config", "show")
+    assert "s3cret" not in result.stdout
+    assert "base_url: http://me:***@gpu-box:8000/v1" in result.stdout
+    assert "s3cret" not in cli("--base-url", "http://me:s3cret@h/v1", "config", "show",
+                               "--json").stdout

@@ -90,3 +90,23 @@ def test_random_interrupt_and_resume_rounds(server: FakeServer, tmp_path: Path) 
     assert max(ids.values()) == 1, [k for k, v in ids.items() if v > 1]
     for rec in records:
         assert rec["output"] == f"echo record {rec['id'][1:]}"
+
+
+def test_a_signal_to_the_whole_process_group_is_one_interruption(server: FakeServer,
+                                                                   tmp_path: Path) -> None:
+    """`kill -INT -PGID` (a script, `timeout`) reaches termlm's worker directly and through
+    the crash guard: the second copy must not cut the clean-up short."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": f"r{i}", "text": f"record {i}"}) + "\n"
+                           for i in range(N_RECORDS)))
+    out = tmp_path / "out.jsonl"
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen(_command(server, inp, out, resume=out.exists()),
+                                env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        time.sleep(1.5)
+        os.killpg(proc.pid, sig)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130, err
+        assert b"resume with:" in err and b"ok, 0 failed" in err
+        assert b"Traceback" not in err

@@ -125,8 +125,21 @@ def _register() -> None:
 _register()
 
 
-def _terminate(_signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C: stop cleanly, exit 130
+_last_interrupt = [float("-inf")]
+SAME_INTERRUPT_S = 1.0
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    """Ctrl-C and SIGTERM stop cleanly (exit 130). A repeat within a second is the same
+    request delivered twice (``kill -INT -PGID`` reaches this process directly and through
+    the crash guard), and must not cut the clean-up short."""
+    import time
+
+    now = time.monotonic()
+    if now - _last_interrupt[0] < SAME_INTERRUPT_S:
+        return
+    _last_interrupt[0] = now
+    raise KeyboardInterrupt
 
 
 def _run() -> None:
@@ -136,7 +149,8 @@ def _run() -> None:
     from termlm.errors import UsageError
     from termlm.output import error_line, guard_stdout
 
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     command = typer.main.get_command(app)
     try:
         argv = prepare_argv(sys.argv[1:], command)

@@ -36,8 +36,12 @@ def show(
 
     Example: TERMLM_CTX=2048 termlm config show
     """
+    from termlm.engine.remote_http import redact_url
+
     settings = state(ctx).settings()
     values = settings.to_dict()
+    if values.get("base_url"):  # a password in the URL is never printed
+        values["base_url"] = redact_url(str(values["base_url"]))
     if as_json:
         sys.stdout.write(json.dumps({"settings": values, "source": settings.source},
                                     indent=2) + "\n")
