@@ -942,3 +942,32 @@ def test_batch_sampling_options_reach_the_request(cli: Cli) -> None:
     assert (sampling.temperature, sampling.max_tokens, sampling.seed, sampling.stop) == (
         0.7, 9, 3, ("END",))
 
+
+
+def test_the_resume_hint_for_stdin_says_to_pipe_the_input_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 12, item 5: the printed command alone would wait on the terminal."""
+    argv = ["termlm", "batch", "-p", "{text}", "-o", "out.jsonl"]
+    monkeypatch.setattr(sys, "argv", argv)
+    text = "".join(f"line {i}\n" for i in range(6))
+    result = with_engine(InterruptingEngine(at=4))(*argv[1:], input=text)
+    assert result.exit_code == 130
+    hint = next(line for line in result.stderr.splitlines() if "resume with" in line)
+    assert hint == ("resume with: <the same input> | termlm batch -p '{text}' -o out.jsonl "
+                    "--resume  (the input was stdin: pipe it in again)")
+    # from a file, the command as it is
+    write("in.txt", text)
+    files = with_engine(InterruptingEngine(at=4))("batch", "-p", "{text}", "in.txt", "-o",
+                                                  "o2.jsonl")
+    assert "<the same input>" not in files.stderr
+
+
+def test_reading_stdin_from_a_terminal_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    import termlm.inputs
+
+    monkeypatch.setattr(termlm.inputs, "stdin_is_tty", lambda: True)
+    result = with_engine(FakeEngine())("batch", "-p", "{text}", input="one\n")
+    assert result.stderr.splitlines()[0].startswith("reading stdin...")
+    monkeypatch.setattr(termlm.inputs, "stdin_is_tty", lambda: False)
+    quiet = with_engine(FakeEngine())("batch", "-p", "{text}", input="one\n")
+    assert "reading stdin" not in quiet.stderr

@@ -133,6 +133,7 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
 
     ``before`` gets the engine once it is open, before the first record (classify's
     calibration)."""
+    from termlm.inputs import stdin_is_tty
     from termlm.output import notice
     from termlm.records.outfile import OutputFile, open_output
     from termlm.records.readers import expand_inputs, read_records
@@ -142,6 +143,8 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
     if args.resume and args.output_format is OutputFormat.text:
         raise UsageError("--resume works with jsonl, csv or tsv output, not text")
     sources = expand_inputs(args.inputs, args.glob)
+    if any(s.is_stdin for s in sources) and stdin_is_tty():
+        notice("reading stdin... (one record per line; end with Ctrl-D)")
     # the output is checked (never an input, writable) and locked before the model loads;
     # a dry run writes nothing, so it opens nothing
     out = OutputFile(None, args.output_format.value, append=False, inputs=sources) \
@@ -173,10 +176,11 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
     from termlm.engine.types import CountsTokens
     from termlm.output import notice
     from termlm.records.readers import count_records
-    from termlm.records.resume import load_done, resume_command
+    from termlm.records.resume import load_done, resume_hint
     from termlm.runner import RunOptions, prepare, run_records
     from termlm.runstats import record
 
+    from_stdin = any(s.is_stdin for s in sources)
     first, any_record, records = _peek(reader)
     if not any_record:
         where = "stdin" if all(s.is_stdin for s in sources) else "the input"
@@ -211,7 +215,7 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
         kept = [str(k) for k in first.fields if str(k) not in (*columns, "error")] \
             if args.keep_fields and first is not None else []
         if args.output:
-            note_resume(resume_command(["termlm", *sys.argv[1:]]))
+            note_resume(resume_hint(["termlm", *sys.argv[1:]], from_stdin))
         with out.writer(columns=[*columns, *kept, "error"], warn=notice) as writer:
             before = engine.tokens_evaluated if isinstance(engine, CountsTokens) else None
             summary = run_records(engine, task, records, writer, options, done, on_result)
@@ -226,7 +230,7 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
         notice(f"interrupted after {summary.done} records this run")
         if args.output:
             argv = ["termlm", *sys.argv[1:]]
-            notice(f"resume with: {resume_command(argv)}")
+            notice(f"resume with: {resume_hint(argv, from_stdin)}")
         raise typer.Exit(int(ExitCode.INTERRUPTED))
     if summary.stopped_early:
         notice(f"stopped at the first failure (--fail-fast): {summary.first_error}")

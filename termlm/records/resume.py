@@ -127,6 +127,15 @@ def load_done(path: str, fmt: str = "jsonl", *, retry_errors: bool = True,
     return DoneSet(ids, errors_removed=errors, repaired=cut is not None or bool(drop))
 
 
+def resume_hint(argv: list[str], from_stdin: bool) -> str:
+    """What to run to resume ``argv``; when the records came from stdin, the command
+    alone would wait on the terminal, so it says to pipe the same input in again."""
+    command = resume_command(argv)
+    if not from_stdin:
+        return command
+    return f"<the same input> | {command}  (the input was stdin: pipe it in again)"
+
+
 def resume_command(argv: list[str]) -> str:
     """The shell command that resumes ``argv``: ``--resume`` added (before ``--``) if missing."""
     args = list(argv)
