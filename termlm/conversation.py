@@ -7,9 +7,10 @@ exchanges to fit the model's context, undo/retry/reset, and JSON transcripts::
      "messages": [{"role": "user", "content": "..."},
                   {"role": "assistant", "content": "...", "interrupted": true}]}
 
-``interrupted`` is optional (false when absent). The current chat is saved to
-``state_dir()/last_chat.json`` after each turn so ``termlm chat --continue``
-can pick it up.
+``interrupted`` is optional (false when absent). A saved chat session (see
+termlm.sessions) adds ``name``, ``created``, ``updated`` (ISO times) and
+``settings`` (the model, template and sampling it ran with), so that
+``termlm chat --continue`` resumes it as it was.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class Conversation:
         self.system = system or None
         self.exchanges: list[Exchange] = list(exchanges)
         self.model = model  # the model the transcript came from, if known
+        self.name: str | None = None  # the chat session it belongs to
+        self.created: str | None = None
+        self.updated: str | None = None
+        self.settings: dict[str, Any] = {}  # model, template, n_ctx and sampling, when saved
 
     def __len__(self) -> int:
         return len(self.exchanges)
@@ -114,12 +119,18 @@ class Conversation:
             if exchange.interrupted:
                 reply["interrupted"] = True
             messages.append(reply)
-        return {
+        data: dict[str, Any] = {
             "version": TRANSCRIPT_VERSION,
             "model": model if model is not None else self.model,
             "system": self.system,
             "messages": messages,
         }
+        for key in ("name", "created", "updated"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        if self.settings:
+            data["settings"] = dict(self.settings)
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "transcript") -> Conversation:
@@ -152,7 +163,27 @@ class Conversation:
                 exchanges[-1].interrupted = item.get("interrupted") is True
         if len(messages) % 2:
             raise TermlmError(f"{where}: the last user message has no reply")
-        return cls(system, exchanges, model=model)
+        convo = cls(system, exchanges, model=model)
+        for key in ("name", "created", "updated"):
+            value = data.get(key)
+            if value is not None and not isinstance(value, str):
+                raise TermlmError(f"{where}: {key!r} must be text")
+            setattr(convo, key, value)
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise TermlmError(f"{where}: 'settings' must be an object")
+        convo.settings = {k: v for k, v in settings.items()
+                          if isinstance(k, str) and (v is None or (isinstance(
+                              v, (str, int, float)) and not isinstance(v, bool)))}
+        return convo
+
+    def first_line(self) -> str:
+        """The first line of the first message: what a list of chats shows."""
+        for exchange in self.exchanges:
+            for line in exchange.user.splitlines():
+                if line.strip():
+                    return line.strip()
+        return ""
 
     def save(self, path: Path, model: str | None = None) -> None:
         """Write the transcript (atomically: a half-written file never replaces a good one)."""
@@ -181,15 +212,6 @@ class Conversation:
         return cls.from_dict(data, str(path))
 
 
-def last_chat_path() -> Path:
+def legacy_last_chat_path() -> Path:
+    """Where termlm before sessions saved the last chat (still read by --continue)."""
     return paths.state_dir() / LAST_CHAT
-
-
-def autosave(conversation: Conversation, model: str | None = None) -> None:
-    conversation.save(last_chat_path(), model)
-
-
-def load_last() -> Conversation | None:
-    """The autosaved chat, or None when there is none yet."""
-    path = last_chat_path()
-    return Conversation.load(path) if path.exists() else None

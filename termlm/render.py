@@ -6,9 +6,12 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from termlm.engine.types import Completion, Delta, StreamEvent
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class TextSink(Protocol):
@@ -43,30 +46,39 @@ def stream_plain(events: Iterator[StreamEvent], out: TextSink | None = None) -> 
     return StreamResult("".join(pieces), completion, False)
 
 
-def stream_markdown(events: Iterator[StreamEvent], *, no_color: bool = False) -> StreamResult:
-    """Render the growing reply as Markdown in place (a terminal only)."""
+def stream_markdown(events: Iterator[StreamEvent], *, no_color: bool = False,
+                    console: Console | None = None) -> StreamResult:
+    """Render the growing reply as Markdown on a terminal, each line reaching the
+    scrollback once (see termlm.markdown_stream)."""
     from rich.console import Console
     from rich.live import Live
-    from rich.markdown import Markdown
 
-    console = Console(file=sys.stdout, no_color=no_color, highlight=False)
-    pieces: list[str] = []
+    from termlm.markdown_stream import MarkdownView
+
+    console = console or Console(file=sys.stdout, no_color=no_color, highlight=False)
     completion: Completion | None = None
     interrupted = False
-    with Live(console=console, refresh_per_second=10, vertical_overflow="visible",
-              auto_refresh=False) as live:
-        try:
-            for event in events:
-                if isinstance(event, Delta):
-                    pieces.append(event.text)
-                    live.update(Markdown("".join(pieces)), refresh=True)
-                else:
-                    completion = event
-        except KeyboardInterrupt:
-            _close(events)
-            interrupted = True
-        live.update(Markdown("".join(pieces)), refresh=True)
-    return StreamResult("".join(pieces), completion, interrupted)
+    live: Live | None = None  # started at the first text, so a spinner before it has the line
+    view: MarkdownView | None = None
+    try:
+        for event in events:
+            if isinstance(event, Delta):
+                if view is None:
+                    live = Live(console=console, auto_refresh=False, vertical_overflow="crop",
+                                redirect_stdout=False, redirect_stderr=False)
+                    live.start()
+                    view = MarkdownView(console, live)
+                view.feed(event.text)
+            else:
+                completion = event
+    except KeyboardInterrupt:
+        _close(events)
+        interrupted = True
+    finally:
+        if live is not None and view is not None:
+            view.finish()
+            live.stop()
+    return StreamResult(view.text if view else "", completion, interrupted)
 
 
 def _close(events: Iterator[StreamEvent]) -> None:

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from termlm import conversation as conv_mod
-from termlm.conversation import Conversation
+from termlm import sessions
+from termlm.activity import Activity, until_first
+from termlm.conversation import Conversation, Exchange
 from termlm.engine.types import ChatRequest, Delta, Engine, SamplingParams, StreamEvent
 from termlm.errors import TermlmError, UsageError
 from termlm.render import StreamResult, stream_markdown, stream_plain
@@ -33,7 +34,8 @@ COMMANDS: dict[str, str] = {
     "/set": "KEY VALUE: change temperature, top_p, max_tokens or seed (without KEY: show)",
     "/model": "NAME: switch to another model, keeping the conversation",
     "/save": "FILE: save the conversation as a JSON transcript",
-    "/load": "FILE: load a JSON transcript",
+    "/load": "FILE or SESSION: load a JSON transcript or a saved session, and show it",
+    "/history": "[N]: show this conversation (the last N exchanges)",
     "/tokens": "show how much of the context window the conversation uses",
     "/stats": "toggle a tokens and speed line after each reply",
     "/exit": "leave (also Ctrl-D)",
@@ -105,6 +107,8 @@ class ChatSession:
         color: bool = False,
         interrupt_exits: bool = False,
         autosave: bool = True,
+        spinner: bool = False,
+        keep: dict[str, object] | None = None,
         out: IO[str] | None = None,
         err: IO[str] | None = None,
     ) -> None:
@@ -116,7 +120,9 @@ class ChatSession:
         self.markdown = markdown  # live Markdown on stdout (a terminal) instead of plain text
         self.color = color
         self.interrupt_exits = interrupt_exits  # piped mode: Ctrl-C ends the whole run
-        self.autosave = autosave
+        self.autosave = autosave  # save the session after every change
+        self.spinner = spinner  # "reading the prompt..." on stderr until the first token
+        self.keep = dict(keep or {})  # other settings the session is saved with (template, n_ctx)
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.stats = False
@@ -161,9 +167,13 @@ class ChatSession:
         if dropped:
             self.notice(f"dropped {_plural(dropped, 'oldest exchange')} to fit the context")
         messages = conv.messages(text)
-        room = n_ctx - engine.count_prompt_tokens(messages)
+        prompt_tokens = engine.count_prompt_tokens(messages)
+        room = n_ctx - prompt_tokens
         sampling = self.sampling.with_(max_tokens=max(1, min(self.sampling.max_tokens, room)))
-        events = _Recorder(engine.stream(ChatRequest(tuple(messages), sampling)))
+        activity = Activity(self.err, enabled=self.spinner)
+        events = _Recorder(until_first(
+            engine.stream(ChatRequest(tuple(messages), sampling)), activity,
+            f"reading the prompt ({_plural(prompt_tokens, 'token')})..."))
         try:
             if self.markdown:
                 result = stream_markdown(events, no_color=not self.color)
@@ -174,6 +184,14 @@ class ChatSession:
         except KeyboardInterrupt:
             events.close()
             result = StreamResult("".join(events.pieces), None, True)
+        finally:
+            activity.stop()
+        if result.interrupted and not result.text.strip():
+            # nothing came back: no empty reply goes into the conversation or its file
+            self.notice("[interrupted before the reply began: nothing saved]")
+            if self.interrupt_exits:
+                raise KeyboardInterrupt
+            return result
         conv.add(text, result.text, interrupted=result.interrupted)
         self._autosave()
         if result.interrupted:
@@ -189,14 +207,27 @@ class ChatSession:
                             f"{done.timings.completion_tokens_per_s:.1f} tok/s")
         return result
 
+    def current_settings(self) -> dict[str, object]:
+        """What the session runs with: saved with it, restored by --continue."""
+        values: dict[str, object] = {"model": self.engine.info.name, **self.keep}  # keep: the
+        # model as the user named it (a path or an alias), which the engine's name may not be
+        values.update({key: getattr(self.sampling, key) for key in SETTABLE})
+        return {k: v for k, v in values.items() if v is not None}
+
     def _autosave(self) -> None:
+        convo = self.conversation
         if not self.autosave:
             return
+        if not convo.exchanges and (convo.name is None
+                                    or not sessions.session_path(convo.name).exists()):
+            return  # nothing to keep yet: no empty session files
+        convo.settings = self.current_settings()
+        convo.model = self.engine.info.name
         try:
-            conv_mod.autosave(self.conversation, self.engine.info.name)
+            sessions.save(convo)
         except TermlmError as exc:
             self.autosave = False
-            self.notice(f"not saving this chat for --continue: {exc.message}")
+            self.notice(f"not saving this chat: {exc.message}")
 
     # slash commands
 
@@ -257,6 +288,7 @@ class ChatSession:
         if not value:
             raise UsageError(f"/set {key} needs a value")
         self.sampling = self.sampling.with_(**{key: parse_setting(key, value)})
+        self._autosave()
         self.notice(f"{key} = {getattr(self.sampling, key)}")
 
     def _cmd_model(self, arg: str) -> None:
@@ -270,6 +302,8 @@ class ChatSession:
         if new is not self.engine:
             self.engine.close()
         self.engine = new
+        self.keep["model"] = arg
+        self._autosave()
         self.notice(f"model: {new.info.name}, context {new.info.n_ctx} tokens")
 
     def _cmd_save(self, arg: str) -> None:
@@ -281,11 +315,50 @@ class ChatSession:
 
     def _cmd_load(self, arg: str) -> None:
         if not arg:
-            raise UsageError("/load needs a file name")
+            raise UsageError("/load needs a file name or a session name")
         path = Path(arg).expanduser()
-        self.conversation = Conversation.load(path)
+        if not path.exists() and sessions.NAME.fullmatch(arg):
+            loaded = sessions.load(arg)
+            if loaded is None:
+                raise UsageError(f"no file or saved session named {arg!r}",
+                                 hint="termlm chat --list shows the saved sessions")
+            where = f"session {arg!r}"
+        else:
+            loaded = Conversation.load(path)
+            where = str(path)
+        loaded.name = self.conversation.name  # loaded into this session, saved under its name
+        loaded.created = self.conversation.created
+        self.conversation = loaded
         self._autosave()
-        self.notice(f"loaded {_plural(len(self.conversation), 'exchange')} from {path}")
+        model = f", made with {loaded.model}" if loaded.model else ""
+        self.notice(f"loaded {_plural(len(loaded), 'exchange')} from {where}{model}")
+        if loaded.system:
+            self.notice(f"system: {_clip(loaded.system)}")
+        self._show_history(loaded.exchanges[-3:], len(loaded) - min(3, len(loaded)))
+
+    def _cmd_history(self, arg: str) -> None:
+        exchanges = self.conversation.exchanges
+        if not exchanges:
+            self.notice("(nothing said yet)")
+            return
+        count = len(exchanges)
+        if arg:
+            try:
+                count = int(arg)
+            except ValueError:
+                raise UsageError(f"/history takes a number, not {arg!r}") from None
+            if count < 1:
+                raise UsageError("/history takes a number of exchanges, 1 or more")
+        shown = exchanges[-count:]
+        self._show_history(shown, len(exchanges) - len(shown))
+
+    def _show_history(self, shown: list[Exchange], first: int) -> None:
+        if first:
+            self.notice(f"({_plural(first, 'earlier exchange')} not shown)")
+        for number, exchange in enumerate(shown, start=first + 1):
+            self.notice(f"{number}. you: {_clip(exchange.user)}")
+            mark = " [interrupted]" if exchange.interrupted else ""
+            self.notice(f"{' ' * len(str(number))}  reply: {_clip(exchange.reply)}{mark}")
 
     def _cmd_tokens(self, arg: str) -> None:
         used = self.engine.count_prompt_tokens(self.conversation.messages())
@@ -295,6 +368,12 @@ class ChatSession:
     def _cmd_stats(self, arg: str) -> None:
         self.stats = not self.stats
         self.notice(f"stats {'on' if self.stats else 'off'}")
+
+
+def _clip(text: str, width: int = 100) -> str:
+    """One line: the text's lines joined, cut to ``width`` characters."""
+    flat = " / ".join(line.strip() for line in text.splitlines() if line.strip())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
 # reading input
@@ -412,6 +491,10 @@ def make_completer() -> Completer:
                     if key.startswith(rest):
                         yield Completion(key, -len(rest))
             elif name in ("/save", "/load"):
+                if name == "/load" and "/" not in rest:
+                    for info in sessions.listing():
+                        if info.name.startswith(rest):
+                            yield Completion(info.name, -len(rest), display_meta="session")
                 yield from paths.get_completions(Document(rest), complete_event)
 
     return SlashCompleter()

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from termlm.engine.types import (
@@ -25,6 +25,7 @@ from termlm.engine.types import (
     score_many,
 )
 from termlm.errors import ExitCode, TermlmError
+from termlm.progress import RunProgress
 from termlm.records.resume import DoneSet
 from termlm.records.types import Record, error_record, result_record
 from termlm.records.writers import RecordWriter
@@ -77,39 +78,6 @@ class Summary:
         return ", ".join(parts) + f" in {self.seconds:.1f}s ({rate:.2f} records/s{evaluated})"
 
 
-@dataclass
-class _Progress:
-    enabled: bool
-    total: int | None
-    started: float = field(default_factory=time.perf_counter)
-    last: float = 0.0
-    tokens: int = 0
-
-    def update(self, summary: Summary, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and now - self.last < 0.2:
-            return
-        self.last = now
-        elapsed = max(now - self.started, 1e-9)
-        done = summary.done
-        rate = done / elapsed
-        head = f"{done + summary.skipped}/{self.total}" if self.total else f"{done}"
-        eta = ""
-        if self.total and rate > 0:
-            left = max(self.total - done - summary.skipped, 0) / rate
-            eta = f"  ETA {int(left // 60)}:{int(left % 60):02d}"
-        sys.stderr.write(f"\r\x1b[2K{head} records  {rate:.2f} rec/s  "
-                         f"{self.tokens / elapsed:.0f} tok/s  {summary.failed} failed{eta}")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-
-
 def fit_text(engine: Engine, task: Task, record: Record, text: str,
              budget: int) -> tuple[str, int]:
     """The longest prefix of ``text`` whose prompt fits ``budget`` tokens (binary search)."""
@@ -152,7 +120,8 @@ def run_records(engine: Engine, task: Task, records: Iterable[Record], writer: R
     """Run ``task`` on each record; each result is written the moment it is done and
     every record before it has been written (input order)."""
     summary = Summary()
-    progress = _Progress(options.progress, options.total)
+    progress = RunProgress(options.progress, options.total)
+    progress.start()
     started = time.perf_counter()
 
     def emit(record: Record, out: dict[str, Any]) -> bool:
@@ -168,17 +137,19 @@ def run_records(engine: Engine, task: Task, records: Iterable[Record], writer: R
             summary.ok += 1
             if on_result is not None:
                 on_result(record, out)
-        progress.update(summary)
         return True
 
-    feed = _Feed(_todo(records, done, options, summary))
+    feed = _Feed(_todo(records, done, options, summary, progress))
     try:
         if isinstance(task, BatchableTask):
             finished = _pipelined(engine, task, feed, options, summary, progress, emit)
         else:
             finished = True
             while (record := feed.get(block=True)) is not _END:
-                if not emit(record, _one(engine, task, record, options, summary, progress)):
+                progress.submitted()
+                out = _one(engine, task, record, options, summary, progress)
+                progress.completed_one(failed="error" in out)
+                if not emit(record, out):
                     finished = False
                     break
         if finished and feed.error is not None:
@@ -193,7 +164,7 @@ def run_records(engine: Engine, task: Task, records: Iterable[Record], writer: R
 
 
 def _todo(records: Iterable[Record], done: DoneSet | None, options: RunOptions,
-          summary: Summary) -> Iterator[Record]:
+          summary: Summary, progress: RunProgress) -> Iterator[Record]:
     """The records to process: not done before (resume), at most --limit of them.
     Nothing is read past the last one --limit allows."""
     if options.limit is not None and options.limit <= 0:
@@ -202,6 +173,7 @@ def _todo(records: Iterable[Record], done: DoneSet | None, options: RunOptions,
     for record in records:
         if done is not None and done.is_done(record):
             summary.skipped += 1
+            progress.skip()
             continue
         taken += 1
         yield record
@@ -308,7 +280,7 @@ class _Item:
 
 
 def _pipelined(engine: Engine, task: BatchableTask, feed: _Feed, options: RunOptions,
-               summary: Summary, progress: _Progress,
+               summary: Summary, progress: RunProgress,
                emit: Callable[[Record, dict[str, Any]], bool]) -> bool:
     """One engine request per record, handed to the engine as a stream so a batching
     engine can run many at once; results are written in input order, each as soon as
@@ -340,11 +312,14 @@ def _pipelined(engine: Engine, task: BatchableTask, feed: _Feed, options: RunOpt
                 return
             item = _start(engine, task, record, options, summary, progress)
             if item.request is None:
+                assert item.out is not None
+                progress.completed_one(failed="error" in item.out, in_flight=False)
                 if not settle(item):
                     stopped = True
                 continue
             items.append(item)
             in_flight += 1
+            progress.submitted()
             yield item.request
 
     stream = requests()
@@ -355,6 +330,7 @@ def _pipelined(engine: Engine, task: BatchableTask, feed: _Feed, options: RunOpt
             in_flight -= 1
             item = next(i for i in items if i.request is not None and i.out is None)
             item.out = _finish(task, item, result, options, summary, progress)
+            progress.completed_one(failed="error" in item.out)
             while items and items[0].out is not None:
                 ready = items.popleft()
                 assert ready.out is not None
@@ -369,7 +345,7 @@ def _pipelined(engine: Engine, task: BatchableTask, feed: _Feed, options: RunOpt
 
 
 def _start(engine: Engine, task: BatchableTask, record: Record, options: RunOptions,
-           summary: Summary, progress: _Progress) -> _Item:
+           summary: Summary, progress: RunProgress) -> _Item:
     """A record's engine request, or its output when it needs none (failed, answered)."""
     if record.error is not None:
         return _Item(record, error_record(record, record.error))
@@ -385,7 +361,7 @@ def _start(engine: Engine, task: BatchableTask, record: Record, options: RunOpti
 
 
 def _finish(task: BatchableTask, item: _Item, result: Any, options: RunOptions,
-            summary: Summary, progress: _Progress) -> dict[str, Any]:
+            summary: Summary, progress: RunProgress) -> dict[str, Any]:
     record = item.record
     if isinstance(result, TermlmError):
         return error_record(record, result.message)
@@ -401,9 +377,9 @@ def _finish(task: BatchableTask, item: _Item, result: Any, options: RunOptions,
 
 
 def _done_fields(record: Record, fields: dict[str, Any], n_tokens: int, truncated: bool,
-                 options: RunOptions, summary: Summary, progress: _Progress) -> dict[str, Any]:
+                 options: RunOptions, summary: Summary, progress: RunProgress) -> dict[str, Any]:
     summary.prompt_tokens += n_tokens
-    progress.tokens += n_tokens
+    progress.add_tokens(n_tokens)
     if truncated:
         summary.truncated += 1
         fields = {**fields, "truncated": True}
@@ -413,7 +389,7 @@ def _done_fields(record: Record, fields: dict[str, Any], n_tokens: int, truncate
 
 
 def _one(engine: Engine, task: Task, record: Record, options: RunOptions, summary: Summary,
-         progress: _Progress) -> dict[str, Any]:
+         progress: RunProgress) -> dict[str, Any]:
     if record.error is not None:
         return error_record(record, record.error)
     try:

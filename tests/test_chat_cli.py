@@ -6,8 +6,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
+
+from termlm import sessions
 from termlm.config import Settings
-from termlm.conversation import last_chat_path
 from termlm.engine.types import ChatRequest, Message
 
 if TYPE_CHECKING:  # the fixture's type only (works whether or not tests/ is a package)
@@ -80,15 +82,78 @@ def test_empty_input_is_fine(cli: Cli) -> None:
 
 
 def test_continue_resumes_the_last_chat(cli: Cli) -> None:
-    cli("chat", input="my name is Ada\n")
-    assert last_chat_path().exists()
+    cli("chat", "--session", "ada", input="my name is Ada\n")
+    path = sessions.session_path("ada")
+    assert path.exists()
     result = cli("chat", "--continue", input="what is my name?\n")
     assert result.exit_code == 0
     last = requests(cli)[-1]
     assert [m.content for m in last.messages[1:]] == [
         "my name is Ada", "echo: my name is Ada", "what is my name?"]
-    saved = json.loads(last_chat_path().read_text(encoding="utf-8"))
+    saved = json.loads(path.read_text(encoding="utf-8"))
     assert len(saved["messages"]) == 4 and saved["model"] == "fake"
+    assert saved["name"] == "ada" and saved["settings"]["template"] == "chat"
+
+
+def test_a_piped_chat_saves_nothing_unless_asked(cli: Cli) -> None:
+    cli("chat", "--session", "keep", input="remember me\n")
+    before = sessions.session_path("keep").read_bytes()
+    assert cli("chat", input="a throwaway question\n").exit_code == 0
+    assert [info.name for info in sessions.listing()] == ["keep"]
+    assert sessions.session_path("keep").read_bytes() == before
+    cli("chat", "--continue", input="and now?\n")
+    assert [m.content for m in requests(cli)[-1].messages[1:]] == [
+        "remember me", "echo: remember me", "and now?"]
+
+
+def test_continue_keeps_the_sessions_settings_unless_flags_override(cli: Cli) -> None:
+    cli("chat", "--session", "warm", "--temperature", "1.3", "--seed", "7",
+        "--max-tokens", "99", input="hi\n")
+    cli("chat", "--continue", input="again\n")
+    assert requests(cli)[-1].sampling.temperature == 1.3
+    assert requests(cli)[-1].sampling.seed == 7
+    cli("chat", "--session", "warm", "--temperature", "0.1", input="cooler\n")
+    sent = requests(cli)[-1].sampling
+    assert (sent.temperature, sent.seed) == (0.1, 7)
+    saved = json.loads(sessions.session_path("warm").read_text(encoding="utf-8"))
+    assert saved["settings"]["temperature"] == 0.1 and saved["settings"]["max_tokens"] == 99
+    assert len(saved["messages"]) == 6
+
+
+def test_chat_list_shows_the_sessions(cli: Cli) -> None:
+    cli("chat", "--session", "first", input="Where is Lima?\nthanks\n")
+    cli("chat", "--session", "second", input="\n\nName a river\n")
+    result = cli("chat", "--list")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    assert lines[0] == "name\tlast used\tturns\tfirst line"
+    rows = {line.split("\t")[0]: line.split("\t") for line in lines[1:]}
+    assert rows["first"][2:] == ["2", "Where is Lima?"]
+    assert rows["second"][2:] == ["1", "Name a river"]
+    listed = [json.loads(line) for line in cli("chat", "--list", "--json").stdout.splitlines()]
+    assert {item["name"]: item["turns"] for item in listed} == {"first": 2, "second": 1}
+
+
+def test_chat_list_with_no_sessions_says_so(cli: Cli) -> None:
+    result = cli("chat", "--list")
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert "no saved chat sessions" in result.stderr
+
+
+def test_chat_list_shows_a_damaged_session_without_hiding_the_rest(cli: Cli) -> None:
+    cli("chat", "--session", "good", input="hi\n")
+    sessions.session_path("bad").write_text("{nope", encoding="utf-8")
+    result = cli("chat", "--list")
+    assert result.exit_code == 0
+    assert "good\t" in result.stdout and "bad\t" in result.stdout
+    assert "unreadable" in result.stdout
+
+
+@pytest.mark.parametrize("name", ["../evil", "", "LAST", "a b", ".hidden", "x" * 65])
+def test_a_bad_session_name_is_one_error(cli: Cli, name: str) -> None:
+    result = cli("chat", "--session", name, input="hi\n")
+    assert result.exit_code == 2
+    assert "is not a session name" in result.stderr and result.stdout == ""
 
 
 def test_without_continue_a_new_chat_starts(cli: Cli) -> None:
@@ -103,9 +168,10 @@ def test_continue_with_nothing_saved_starts_fresh(cli: Cli) -> None:
 
 
 def test_continue_with_a_broken_save_is_one_error(cli: Cli) -> None:
-    path = last_chat_path()
+    path = sessions.session_path("broken")
     path.parent.mkdir(parents=True)
     path.write_text("{broken", encoding="utf-8")
+    (path.parent / "LAST").write_text("broken\n", encoding="utf-8")
     result = cli("chat", "--continue", input="hi\n")
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "not valid JSON" in result.stderr

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from termlm import conversation
 from termlm.conversation import Conversation, Exchange
 from termlm.engine.fake import MESSAGE_OVERHEAD, FakeEngine
 from termlm.engine.types import Message
@@ -141,9 +140,3 @@ def test_missing_transcript(tmp_path: Path) -> None:
         Conversation.load(tmp_path / "nope.json")
 
 
-def test_autosave_goes_to_the_state_dir(tmp_path: Path) -> None:
-    assert conversation.load_last() is None
-    conversation.autosave(Conversation("s", [Exchange("a", "b")]), "fake")
-    assert conversation.last_chat_path() == tmp_path / "state" / "last_chat.json"
-    last = conversation.load_last()
-    assert last is not None and last.exchanges == [Exchange("a", "b")]

@@ -15,7 +15,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from termlm.conversation import Conversation, Exchange, load_last
+from termlm.conversation import Conversation, Exchange
 from termlm.engine.fake import FakeEngine
 from termlm.engine.types import ChatRequest, Engine, SamplingParams, StreamEvent
 from termlm.errors import EngineError
@@ -28,6 +28,7 @@ from termlm.repl import (
     run_interactive,
     run_piped,
 )
+from termlm.sessions import last as load_last
 
 
 class Session:

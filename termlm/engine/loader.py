@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from termlm.config import Settings
 from termlm.engine.types import Engine
 from termlm.output import notice
+
+if TYPE_CHECKING:
+    from termlm.models.resolve import ResolvedModel
 
 
 def effective_ctx(requested: int, trained: int | None) -> int:
@@ -35,10 +40,23 @@ def open_engine(settings: Settings, *, batch: bool = False) -> Engine:
     # One engine for everything: at parallel 1 it evaluates exactly like LlamaEngine (the
     # reference implementation on llama-cpp-python's Llama, kept for tests), but it needs
     # only llama.cpp's ctypes bindings, which start ~0.15 s faster than the full package.
-    from termlm.engine.batched import BatchedEngine
+    from termlm.activity import Activity
     from termlm.runstats import record
 
-    engine = BatchedEngine(
+    with Activity() as activity:
+        activity.say(f"loading {model.name}...")
+        engine = _load(model, settings, n_ctx, trained, parallel)
+    record(model=model.name, path=str(model.path), file_size=model.header.file_size,
+           quant=model.header.quantization, load_s=engine.load_s, n_ctx=n_ctx,
+           parallel=parallel)
+    return engine
+
+
+def _load(model: ResolvedModel, settings: Settings, n_ctx: int, trained: int,
+          parallel: int) -> Engine:
+    from termlm.engine.batched import BatchedEngine
+
+    return BatchedEngine(
         str(model.path),
         name=model.name,
         n_ctx=n_ctx,
@@ -52,7 +70,3 @@ def open_engine(settings: Settings, *, batch: bool = False) -> Engine:
         turn_format=model.turn_format,
         notify=notice,
     )
-    record(model=model.name, path=str(model.path), file_size=model.header.file_size,
-           quant=model.header.quantization, load_s=engine.load_s, n_ctx=n_ctx,
-           parallel=parallel)
-    return engine
