@@ -16,6 +16,7 @@ def _dir(env: str, kind: str) -> Path:
         "config": platformdirs.user_config_dir,
         "cache": platformdirs.user_cache_dir,
         "state": platformdirs.user_state_dir,
+        "data": platformdirs.user_data_dir,
     }[kind]
     return Path(getter("termlm", appauthor=False))
 
@@ -30,6 +31,11 @@ def cache_dir() -> Path:
 
 def state_dir() -> Path:
     return _dir("TERMLM_STATE_DIR", "state")
+
+
+def data_dir() -> Path:
+    """Where termlm keeps what it records for you: the log database (``logs.db``)."""
+    return _dir("TERMLM_DATA_DIR", "data")
 
 
 def models_dir() -> Path:

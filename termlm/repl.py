@@ -109,6 +109,7 @@ class ChatSession:
         autosave: bool = True,
         spinner: bool = False,
         keep: dict[str, object] | None = None,
+        log_settings: dict[str, object] | None = None,
         out: IO[str] | None = None,
         err: IO[str] | None = None,
     ) -> None:
@@ -123,6 +124,7 @@ class ChatSession:
         self.autosave = autosave  # save the session after every change
         self.spinner = spinner  # "reading the prompt..." on stderr until the first token
         self.keep = dict(keep or {})  # other settings the session is saved with (template, n_ctx)
+        self.log_settings = log_settings  # None: exchanges are not logged (termlm.logs)
         self.out = out or sys.stdout
         self.err = err or sys.stderr
         self.stats = False
@@ -194,6 +196,7 @@ class ChatSession:
             return result
         conv.add(text, result.text, interrupted=result.interrupted)
         self._autosave()
+        self._log(text, result, sampling)
         if result.interrupted:
             self.notice("[interrupted]")
             if self.interrupt_exits:
@@ -206,6 +209,26 @@ class ChatSession:
                 self.notice(f"{done.usage.completion_tokens} tokens, "
                             f"{done.timings.completion_tokens_per_s:.1f} tok/s")
         return result
+
+    def _log(self, text: str, result: StreamResult, sampling: SamplingParams) -> None:
+        if self.log_settings is None:
+            return
+        from dataclasses import asdict
+
+        from termlm.logs import log_exchange
+
+        done = result.completion
+        timings = None if done is None else {
+            "ttft_s": done.timings.ttft_s, "total_s": done.timings.total_s,
+            "completion_tokens_per_s": done.timings.completion_tokens_per_s}
+        log_exchange(
+            "chat", prompt=text, reply=result.text, model=self.engine.info.name,
+            system=self.conversation.system,
+            settings={**self.log_settings, "sampling": asdict(sampling)},
+            prompt_tokens=done.usage.prompt_tokens if done else None,
+            completion_tokens=done.usage.completion_tokens if done else None,
+            timings=timings, finish_reason=done.finish_reason if done else None,
+            interrupted=result.interrupted, session=self.conversation.name)
 
     def current_settings(self) -> dict[str, object]:
         """What the session runs with: saved with it, restored by --continue."""

@@ -8,6 +8,7 @@ interruption, and the summary.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -21,7 +22,7 @@ from termlm.engine.types import (
     Engine,
     Message,
     ScoreRequest,
-    complete_many,
+    complete_each,
     score_many,
 )
 from termlm.errors import ExitCode, TermlmError
@@ -287,6 +288,8 @@ def _pipelined(engine: Engine, task: BatchableTask, feed: _Feed, options: RunOpt
     every record before it is written. False when stopped early (--fail-fast)."""
     items: deque[_Item] = deque()  # not written yet, in input order; the head is in flight
     in_flight = 0  # requests handed to the engine whose results have not come back
+    sent: dict[int, _Item] = {}  # in flight, by request index (the engine's numbering)
+    numbers = itertools.count()  # the engine numbers the requests it is sent from 0
     stopped = False
 
     def settle(item: _Item) -> bool:
@@ -318,17 +321,22 @@ def _pipelined(engine: Engine, task: BatchableTask, feed: _Feed, options: RunOpt
                     stopped = True
                 continue
             items.append(item)
+            sent[next(numbers)] = item
             in_flight += 1
             progress.submitted()
             yield item.request
 
     stream = requests()
-    results: Iterator[Any] = (score_many(engine, stream) if task.kind == "score"  # type: ignore[arg-type]
-                              else complete_many(engine, stream))  # type: ignore[arg-type]
+    # chat requests come back as they finish (complete_each), so the progress counts
+    # every completion at once; scores come back in order. Either way the output is
+    # written in input order, each record as soon as all before it are written.
+    results: Iterator[tuple[int, Any]] = (
+        enumerate(score_many(engine, stream))  # type: ignore[arg-type]
+        if task.kind == "score" else complete_each(engine, stream))  # type: ignore[arg-type]
     try:
-        for result in results:
+        for index, result in results:
             in_flight -= 1
-            item = next(i for i in items if i.request is not None and i.out is None)
+            item = sent.pop(index)
             item.out = _finish(task, item, result, options, summary, progress)
             progress.completed_one(failed="error" in item.out)
             while items and items[0].out is not None:

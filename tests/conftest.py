@@ -1,6 +1,6 @@
 """Shared fixtures.
 
-Every test gets its own config and state directories, so nothing leaks from
+Every test gets its own config, state and data directories, so nothing leaks from
 the developer's own ~/.config/termlm. The model cache (TERMLM_MODELS_DIR, or
 the user cache dir) is shared, so the real default model is pulled once.
 """
@@ -27,8 +27,9 @@ def _isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                    request: pytest.FixtureRequest) -> None:
     monkeypatch.setenv("TERMLM_CONFIG_DIR", str(tmp_path / "config"))
     monkeypatch.setenv("TERMLM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("TERMLM_DATA_DIR", str(tmp_path / "data"))  # the log database
     for var in ("TERMLM_MODEL", "TERMLM_OFFLINE", "TERMLM_CTX", "TERMLM_THREADS",
-                "TERMLM_GPU_LAYERS", "TERMLM_SEED", "TERMLM_CONFIG", "NO_COLOR"):
+                "TERMLM_GPU_LAYERS", "TERMLM_SEED", "TERMLM_CONFIG", "NO_COLOR", "TERMLM_LOG"):
         monkeypatch.delenv(var, raising=False)
     # Tests run on the tiny model for speed unless they are about the default model's
     # answers (marked default_model), which run on the real default, as a user gets it.

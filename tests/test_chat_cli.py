@@ -210,3 +210,18 @@ def test_help_has_an_example(cli: Cli) -> None:
     result = cli("chat", "--help")
     assert result.exit_code == 0
     assert "Example:" in result.stdout and "--continue" in result.stdout
+
+
+def test_chat_exchanges_go_into_the_log(cli: Cli) -> None:
+    cli("chat", "--session", "logged", "--temperature", "0.5", input="first\nsecond\n")
+    entries = json.loads(cli("logs", "--json").stdout)
+    chats = [e for e in entries if e["type"] == "chat"]
+    assert sorted(e["prompt"] for e in chats) == ["first", "second"]
+    assert {e["session"] for e in chats} == {"logged"}
+    assert {e["reply"] for e in chats} == {"echo: first", "echo: second"}
+    assert all(e["settings"]["sampling"]["temperature"] == 0.5 for e in chats)
+
+
+def test_chat_no_log_keeps_it_out(cli: Cli) -> None:
+    cli("chat", "--no-log", input="secret plans\n")
+    assert "secret plans" not in cli("logs", "--json").stdout

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -22,6 +22,11 @@ from termlm.cli.common import (
     state,
 )
 from termlm.errors import ExitCode, UsageError
+
+if TYPE_CHECKING:
+    from termlm.config import Settings
+    from termlm.engine.types import ChatRequest, Engine
+    from termlm.render import StreamResult
 
 
 @handles_errors
@@ -40,6 +45,8 @@ def ask(
     stop: StopOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: text, model, "
                                           "usage, timings.")] = False,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Keep this exchange out of the "
+                                         "log (termlm logs).")] = False,
 ) -> None:
     """Ask a one-shot question; the answer streams to stdout.
 
@@ -90,9 +97,7 @@ def ask(
             if result.text and not result.text.endswith("\n"):
                 sys.stdout.write("\n")
             sys.stdout.flush()
-        if result.interrupted:
-            raise KeyboardInterrupt
-        if as_json and result.completion is not None:
+        if as_json and result.completion is not None and not result.interrupted:
             done = result.completion
             payload = {
                 "text": done.text,
@@ -107,9 +112,37 @@ def ask(
             }
             sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
             sys.stdout.flush()
+        if not no_log:
+            _log(engine, settings, request, tmpl.name, result)
+        if result.interrupted:
+            raise KeyboardInterrupt
     finally:
         engine.close()
     raise typer.Exit(int(ExitCode.OK))
+
+
+def _log(engine: Engine, settings: Settings, request: ChatRequest, template: str,
+         result: StreamResult) -> None:
+    """The exchange into the log (termlm.logs), an interrupted one too; never fails."""
+    from dataclasses import asdict
+
+    from termlm.logs import describe_settings, log_exchange
+
+    done = result.completion
+    system = next((m.content for m in request.messages if m.role == "system"), None)
+    timings = {"load_s": engine.load_s}
+    if done is not None:
+        timings.update(ttft_s=done.timings.ttft_s, total_s=done.timings.total_s,
+                       completion_tokens_per_s=done.timings.completion_tokens_per_s)
+    log_exchange(
+        "ask", prompt=request.messages[-1].content, system=system, reply=result.text,
+        model=engine.info.name,
+        settings=describe_settings(settings, template=template,
+                                   sampling=asdict(request.sampling)),
+        prompt_tokens=done.usage.prompt_tokens if done else None,
+        completion_tokens=done.usage.completion_tokens if done else None,
+        timings=timings, finish_reason=done.finish_reason if done else None,
+        interrupted=result.interrupted)
 
 
 class _Discard:

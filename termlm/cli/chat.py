@@ -55,6 +55,8 @@ def chat(
     session_name: SessionOpt = None,
     list_: ListOpt = False,
     as_json: JsonOpt = False,
+    no_log: Annotated[bool, typer.Option("--no-log", help="Keep this chat out of the log "
+                                         "(termlm logs).")] = False,
 ) -> None:
     """Chat with a model. Type /help for commands; Ctrl-D leaves.
 
@@ -66,6 +68,7 @@ def chat(
     Example: printf 'Hi!\\nName three rivers.\\n' | termlm chat
     """
     from termlm import output, sessions
+    from termlm.logs import describe_settings
     from termlm.prompts import load_template
 
     if list_:
@@ -132,6 +135,7 @@ def chat(
         # a piped chat is a script: it saves only when asked to (--session, --continue)
         autosave=interactive or session_name is not None or continue_,
         spinner=output.is_tty(sys.stderr), keep=keep,
+        log_settings=None if no_log else describe_settings(settings, template=template),
     )
     try:
         if interactive:

@@ -17,6 +17,7 @@ from termlm.errors import ExitCode, UsageError
 from termlm.records.types import Record, Source
 
 if TYPE_CHECKING:
+    from termlm.logs import BatchRun
     from termlm.records.outfile import OutputFile
 
 
@@ -134,6 +135,7 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
     ``before`` gets the engine once it is open, before the first record (classify's
     calibration)."""
     from termlm.inputs import stdin_is_tty
+    from termlm.logs import BatchRun
     from termlm.output import notice
     from termlm.records.outfile import OutputFile, open_output
     from termlm.records.readers import expand_inputs, read_records
@@ -150,7 +152,8 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
     out = OutputFile(None, args.output_format.value, append=False, inputs=sources) \
         if args.dry_run else open_output(args.output, args.output_format.value,
                                          append=args.resume, inputs=sources, warn=notice)
-    with out:
+    # one log row per run, however it ends (termlm.logs); a dry run calls no model: none
+    with out, BatchRun(args.inputs, args.output, enabled=not args.dry_run) as run:
         sources = out.inputs
         fmt = args.input_format.value if args.input_format else None
         reader = read_records(sources, input_format=fmt, text_field=args.text_field,
@@ -158,7 +161,7 @@ def drive(st: AppState, args: RecordArgs, model: str | None, task: Any,
                               encoding_errors=args.encoding_errors.value, warn=notice)
         try:
             _drive(st, args, model, task, columns, sources, fmt, reader, out, check_first,
-                   on_result, after, prepare_engine=before)
+                   on_result, after, prepare_engine=before, run=run)
         finally:
             # release the inputs now, even when stopped early (--limit, --fail-fast, errors);
             # a reader still blocked on its input in the runner's thread is left to the exit
@@ -171,7 +174,8 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
            check_first: Callable[[Record], None] | None,
            on_result: Callable[[Record, dict[str, Any]], None] | None,
            after: Callable[[], None] | None,
-           prepare_engine: Callable[[Any], None] | None = None) -> None:
+           prepare_engine: Callable[[Any], None] | None = None,
+           run: BatchRun | None = None) -> None:
     from termlm.crashguard import note_resume
     from termlm.engine.types import CountsTokens
     from termlm.output import notice
@@ -224,6 +228,8 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
     finally:
         engine.close()
     notice(summary.line())
+    if run is not None:
+        run.finish(summary, engine.info.name)
     record(records=summary.done, ok=summary.ok, failed=summary.failed, run_s=summary.seconds,
            tokens_evaluated=summary.tokens_evaluated, prompt_tokens=summary.prompt_tokens)
     if summary.interrupted:
