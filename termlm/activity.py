@@ -37,7 +37,8 @@ class Activity:
             from rich.live import Live
             from rich.spinner import Spinner
 
-            console = Console(file=self.stream, no_color=no_color(), highlight=False)
+            console = Console(file=self.stream, no_color=no_color(), highlight=False,
+                              force_terminal=True)  # enabled: it is one, or said to be
             self._spinner = Spinner("dots", text, style="dim")
             # stderr notices printed meanwhile go above the line; stdout is left alone
             # (it is data, and never goes through the talk console)

@@ -351,9 +351,9 @@ class ChatSession:
             where = str(path)
         loaded.name = self.conversation.name  # loaded into this session, saved under its name
         loaded.created = self.conversation.created
+        model = f", made with {loaded.model}" if loaded.model else ""
         self.conversation = loaded
         self._autosave()
-        model = f", made with {loaded.model}" if loaded.model else ""
         self.notice(f"loaded {_plural(len(loaded), 'exchange')} from {where}{model}")
         if loaded.system:
             self.notice(f"system: {_clip(loaded.system)}")

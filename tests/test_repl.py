@@ -465,3 +465,59 @@ def test_ctrl_c_in_a_terminal() -> None:
     finally:
         child.close()
     assert child.exitstatus == 0
+
+
+def test_load_shows_what_it_loaded(tmp_path: Path) -> None:
+    path = tmp_path / "talk.json"
+    convo = Conversation("be brief", [Exchange(f"question {i}", f"answer {i}") for i in range(5)],
+                         model="smollm2")
+    convo.save(path)
+    s = Session()
+    s.pipe(f"/load {path}\n")
+    err = s.stderr
+    assert f"loaded 5 exchanges from {path}, made with smollm2" in err
+    assert "system: be brief" in err
+    assert "(2 earlier exchanges not shown)" in err
+    assert "3. you: question 2" in err and "reply: answer 4" in err
+    assert "question 1" not in err
+
+
+def test_load_a_saved_session_by_name() -> None:
+    first = Session()
+    first.chat.conversation.name = "trip"
+    first.pipe("pack a towel\n")
+    s = Session()
+    s.pipe("/load trip\n")
+    assert "loaded 1 exchange from session 'trip'" in s.stderr
+    assert [e.user for e in s.conv.exchanges] == ["pack a towel"]
+    s.pipe("/load nosuch\n")
+    assert "no file or saved session named 'nosuch'" in s.stderr
+
+
+def test_history_shows_the_conversation() -> None:
+    s = Session()
+    s.pipe("/history\nfirst line\nsecond\n/history\n/history 1\n/history x\n")
+    err = s.stderr
+    assert "(nothing said yet)" in err
+    assert "1. you: first line" in err and "reply: echo: second" in err
+    assert "(1 earlier exchange not shown)" in err
+    assert "/history takes a number, not 'x'" in err
+
+
+def test_ctrl_c_before_the_first_token_saves_no_empty_turn() -> None:
+    s = Session(InterruptingEngine(["never seen"], after=0), interrupt_exits=False)
+    s.chat.conversation.name = "quiet"
+    s.pipe("hello?\n")
+    assert s.conv.exchanges == []
+    assert "nothing saved" in s.stderr
+    assert load_last() is None  # no file holds an empty reply either
+    s.pipe("again\n")
+    assert [e.user for e in s.conv.exchanges] == ["again"]
+
+
+def test_settings_changed_in_the_chat_are_saved_with_it() -> None:
+    s = Session()
+    s.chat.conversation.name = "tuned"
+    s.pipe("hi\n/set temperature 1.1\n")
+    saved = load_last()
+    assert saved is not None and saved.settings["temperature"] == 1.1

@@ -24,8 +24,10 @@ from termlm.cli.common import (
 from termlm.errors import ExitCode, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from termlm.config import Settings
-    from termlm.engine.types import ChatRequest, Engine
+    from termlm.engine.types import ChatRequest, Engine, StreamEvent
     from termlm.render import StreamResult
 
 
@@ -87,7 +89,7 @@ def ask(
     settings = replace(settings, n_ctx=min(settings.n_ctx, -(-needed // 256) * 256))
     engine = st.open_engine(settings)
     try:
-        events = engine.stream(request)
+        events = _waiting(engine, request)
         if as_json:
             result = stream_plain(events, out=_Discard())
         elif is_tty(sys.stdout):
@@ -143,6 +145,20 @@ def _log(engine: Engine, settings: Settings, request: ChatRequest, template: str
         completion_tokens=done.usage.completion_tokens if done else None,
         timings=timings, finish_reason=done.finish_reason if done else None,
         interrupted=result.interrupted)
+
+
+def _waiting(engine: Engine, request: ChatRequest) -> Iterator[StreamEvent]:
+    """The reply's events, with "reading the prompt (N tokens)..." on a terminal's stderr
+    until the first one arrives."""
+    from termlm.activity import Activity, until_first
+    from termlm.output import plural
+
+    activity = Activity()
+    if not activity.enabled:
+        return engine.stream(request)
+    tokens = engine.count_prompt_tokens(request.messages)
+    return until_first(engine.stream(request), activity,
+                       f"reading the prompt ({plural(tokens, 'token')})...")
 
 
 class _Discard:
