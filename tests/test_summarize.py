@@ -17,6 +17,7 @@ from termlm.engine.fake import FakeEngine
 from termlm.engine.types import ChatRequest
 from termlm.records.types import Record
 from termlm.runner import prepare
+from termlm.tasks.summarize import HEADROOM, copied_share, is_copy
 
 from .conftest import Cli
 
@@ -106,7 +107,8 @@ def test_a_short_file_is_one_request_printed_plainly() -> None:
     [request] = engine.chats()
     assert "The meeting moved to Tuesday. Bring the budget." in user(request)
     assert "in one paragraph" in user(request)  # --length medium, the default
-    assert request.sampling.max_tokens == 250
+    assert request.sampling.max_tokens == 375  # 250 and room to finish the sentence
+    assert request.sampling.temperature == 0  # greedy: the same text, the same summary
 
 
 def test_stdin_and_dash_are_one_input() -> None:
@@ -131,7 +133,8 @@ def test_length_changes_the_prompt_and_max_tokens(length: str, phrase: str,
     assert result.exit_code == 0, result.stderr
     [request] = engine.chats()
     assert phrase in user(request)
-    assert request.sampling.max_tokens == max_tokens
+    room = engine.info.n_ctx // 3  # the final answer's cap
+    assert request.sampling.max_tokens == min(int(max_tokens * HEADROOM), room)
 
 
 def test_bullets_reach_the_prompt() -> None:
@@ -437,3 +440,103 @@ def test_the_runner_does_not_reject_a_long_record() -> None:
     messages, n_tokens, truncated = prepare(engine, task, record, "error")
     assert n_tokens > 1000 and not truncated
     assert task.run(engine, messages, record)["chunks"] >= 4
+
+
+# item 8: cut off, copied, repeatable
+
+
+class CutOff(Scripted):
+    """Every reply stops at its token limit."""
+
+    def complete(self, request: ChatRequest):  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
+        return replace(super().complete(request), finish_reason="length")
+
+    def stream(self, request: ChatRequest):  # type: ignore[no-untyped-def]
+        from dataclasses import replace
+
+        from termlm.engine.types import Completion
+
+        for event in super().stream(request):
+            yield replace(event, finish_reason="length") if isinstance(event, Completion) \
+                else event
+
+
+def test_a_summary_cut_at_its_limit_says_so() -> None:
+    write("a.txt", "Some text to summarize.\n")
+    result = Cli(CutOff(final="It stopped in the mid"))("summarize", "--length", "short",
+                                                        "a.txt")
+    assert result.exit_code == 0
+    assert result.stdout == "It stopped in the mid\n"
+    assert "warning: a.txt: the summary reached its limit of 180 tokens" in result.stderr
+    write("b.txt", "More text.\n")
+    result = Cli(CutOff(final="Cut here"))("summarize", "a.txt", "b.txt")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.get("cut_off") for r in records] == [True, True]
+
+
+SOURCE = ("The committee met on Tuesday to review the budget for the coming year and "
+          "agreed that the library would get a new roof before the winter. The mayor asked "
+          "for a report on the costs of the roof by the end of the month. Several members "
+          "wanted more money for the parks, but no vote was taken on that question.")
+
+
+def test_copies_are_measured_by_long_runs_of_the_texts_words() -> None:
+    copy = SOURCE.split(". ")[0] + ". " + SOURCE.split(". ")[1]
+    assert copied_share(copy, SOURCE) == 1.0
+    own = ("The committee approved a new library roof before winter, asked for its costs "
+           "within the month, and left park funding undecided.")
+    assert copied_share(own, SOURCE) == 0.0 and is_copy(own, SOURCE) is None
+    assert is_copy(copy, SOURCE) == 1.0
+    assert is_copy("The committee met on Tuesday to review the budget.", SOURCE) is None  # short
+
+
+class Copier(Scripted):
+    """Copies the text, unless told firmly to use its own words."""
+
+    def _reply_for(self, request: ChatRequest) -> str:
+        if "in your own words: do not copy" in request.messages[-1].content:
+            return "The committee approved a library roof and asked for its costs soon."
+        return SOURCE
+
+
+def test_a_copied_summary_is_asked_for_again_then_kept_when_it_is_not_a_copy() -> None:
+    write("a.txt", SOURCE + "\n")
+    write("b.txt", SOURCE + "\n")
+    engine = Copier()
+    result = Cli(engine)("summarize", "a.txt", "b.txt")
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert {r["summary"] for r in records} == {
+        "The committee approved a library roof and asked for its costs soon."}
+    assert all("copied" not in r for r in records)
+    assert len(engine.chats()) == 4  # each asked twice
+    assert "copies the text" not in result.stderr
+
+
+def test_a_summary_that_stays_a_copy_is_flagged() -> None:
+    write("a.txt", SOURCE + "\n")
+    write("b.txt", SOURCE + "\n")
+    result = Cli(Scripted(final=SOURCE))("summarize", "a.txt", "b.txt")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["copied"] for r in records] == [1.0, 1.0]
+    assert result.stderr.count("the summary copies the text: 100% of its words") == 2
+
+
+def test_a_streamed_copy_is_reported_not_repeated() -> None:
+    write("a.txt", SOURCE + "\n")
+    engine = Scripted(final=SOURCE)
+    result = Cli(engine)("summarize", "a.txt")
+    assert result.stdout == SOURCE + "\n"  # once: stdout is the data
+    assert len(engine.chats()) == 1
+    assert "warning: a.txt: the summary copies the text" in result.stderr
+
+
+def test_the_streamed_and_json_summaries_use_the_same_greedy_request() -> None:
+    write("a.txt", "Some text to summarize.\n")
+    streamed, as_json = Scripted(), Scripted()
+    Cli(streamed)("summarize", "a.txt")
+    Cli(as_json)("summarize", "a.txt", "--json")
+    assert streamed.chats()[0].sampling == as_json.chats()[0].sampling
+    assert streamed.chats()[0].sampling.temperature == 0

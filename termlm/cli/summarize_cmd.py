@@ -10,6 +10,7 @@ failed. ``--combined`` joins every input into one text and gives one summary.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -109,7 +110,7 @@ def summarize(
     from termlm.output import is_tty
     from termlm.prompts import load_template
     from termlm.records.readers import expand_inputs
-    from termlm.tasks.summarize import MAX_TOKENS
+    from termlm.tasks.summarize import HEADROOM, MAX_TOKENS
 
     if resume and not output:
         raise UsageError("--resume needs -o FILE: the output file to continue")
@@ -118,11 +119,11 @@ def summarize(
         raise UsageError("nothing to summarize: give FILES or pipe text on stdin",
                          hint="termlm summarize notes.md")
     tmpl = load_template("summarize")
-    sampling = tmpl.sampling().with_(max_tokens=MAX_TOKENS[length]).override(
+    sampling = tmpl.sampling().with_(max_tokens=int(MAX_TOKENS[length] * HEADROOM)).override(
         temperature=temperature, max_tokens=max_tokens, seed=seed)
     talk = _Talk(progress if progress is not None else is_tty(sys.stderr))
     task = SummarizeTask(tmpl, load_template("summarize_reduce"), length=length, fmt=fmt,
-                         sampling=sampling, progress=talk)
+                         sampling=sampling, progress=talk, warn=_warning(talk))
     sources = expand_inputs(paths, glob)
     st = state(ctx)
     if combined or (len(sources) == 1 and not as_json and output is None):
@@ -211,7 +212,7 @@ def _streamer(engine: Engine, talk: _Talk) -> FinalWriter:
     from termlm.output import StdoutSink, is_tty, no_color
     from termlm.render import stream_markdown, stream_plain
 
-    def final(request: ChatRequest) -> str:
+    def final(request: ChatRequest) -> tuple[str, str | None]:
         talk.clear()
         events = engine.stream(request)
         if is_tty(sys.stdout):
@@ -224,6 +225,18 @@ def _streamer(engine: Engine, talk: _Talk) -> FinalWriter:
             out.flush()
         if result.interrupted:
             raise KeyboardInterrupt
-        return result.text
+        reason = result.completion.finish_reason if result.completion is not None else None
+        return result.text, reason
 
     return final
+
+
+def _warning(talk: _Talk) -> Callable[[str], None]:
+    """Warnings about a summary: always on stderr, on a line of their own."""
+    from termlm.output import notice
+
+    def warn(message: str) -> None:
+        talk.clear()
+        notice(f"warning: {message}")
+
+    return warn

@@ -65,9 +65,21 @@ _NOTE_MAX_TOKENS = 200
 _SEPARATOR = "\n\n"
 VARIABLES = ("text", "length", "format")
 
+# A copy: at least half the summary's words sit in runs of COPY_RUN or more words that
+# the source has in the same order. Eight words in a row rarely repeat by chance (names
+# and set phrases are shorter); a summary that quotes one sentence stays far below half.
+COPY_RUN = 8
+COPY_SHARE = 0.5
+COPY_MIN_WORDS = 12  # a summary shorter than this is not judged
+# --length's answer may run past its nominal size by this factor before it is cut: room
+# to finish the sentence it asked for, not a licence to ramble (--max-tokens is exact).
+HEADROOM = 1.5
+_OWN_WORDS = ("Write the summary in your own words: do not copy sentences or passages "
+              "from the text.")
+
 Progress = Callable[[str], None]
-FinalWriter = Callable[[ChatRequest], str]
-"""Runs the last request and returns its text (the CLI streams it to stdout)."""
+FinalWriter = Callable[[ChatRequest], tuple[str, str | None]]
+"""Runs the last request; (text, finish reason). The CLI streams it to stdout."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,38 @@ class Summary:
     text: str
     chunks: int  # parts the text was split into (1: it fit in one prompt)
     rounds: int  # reduce rounds (0 for a single pass)
+    cut_off: bool = False  # the answer reached its token limit
+    copied: float | None = None  # share of it copied from the text, when that is most
+
+
+def _words(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"\w+(?:[.'\u2019-]\w+)*", text.lower())
+
+
+def copied_share(summary: str, source: str, run: int = COPY_RUN) -> float:
+    """The share of ``summary``'s words inside runs of ``run`` or more consecutive words
+    that ``source`` also has, in that order (0.0 to 1.0)."""
+    words = _words(summary)
+    if len(words) < run:
+        return 0.0
+    source_words = _words(source)
+    grams = {tuple(source_words[i:i + run]) for i in range(len(source_words) - run + 1)}
+    covered = [False] * len(words)
+    for i in range(len(words) - run + 1):
+        if tuple(words[i:i + run]) in grams:
+            for j in range(i, i + run):
+                covered[j] = True
+    return sum(covered) / len(words)
+
+
+def is_copy(summary: str, source: str) -> float | None:
+    """The copied share when ``summary`` is mostly a copy of ``source``, else None."""
+    if len(_words(summary)) < COPY_MIN_WORDS:
+        return None
+    share = copied_share(summary, source)
+    return share if share >= COPY_SHARE else None
 
 
 @dataclass(frozen=True)
@@ -106,6 +150,7 @@ class SummarizeTask:
     fmt: Format = Format.paragraph
     sampling: SamplingParams = field(default_factory=SamplingParams)  # max_tokens: the answer
     progress: Progress | None = None
+    warn: Progress | None = None  # a warning about one summary (cut off, copied): stderr
     name: str = "summarize"
     handles_long_input: bool = True  # the runner skips its context check: run() splits
 
@@ -127,7 +172,12 @@ class SummarizeTask:
     def run(self, engine: Engine, messages: tuple[Message, ...],
             record: Record) -> dict[str, Any]:
         result = self.summarize(engine, record.text or "", record.id)
-        return {"summary": result.text, "chunks": result.chunks}
+        fields: dict[str, Any] = {"summary": result.text, "chunks": result.chunks}
+        if result.cut_off:
+            fields["cut_off"] = True
+        if result.copied is not None:
+            fields["copied"] = round(result.copied, 2)
+        return fields
 
     # -- the work --------------------------------------------------------------
 
@@ -140,7 +190,7 @@ class SummarizeTask:
         n_ctx = engine.info.n_ctx
         whole = self._messages(self.template, text, final=True)
         if engine.count_prompt_tokens(whole) + sizes.answer <= n_ctx:
-            return Summary(self._final(engine, whole, sizes, final), 1, 0)
+            return self._finished(engine, text, label, whole, sizes, final, 1, 0)
         self._reduce_room(engine, sizes)  # fail before any work when parts cannot be combined
         chunks = self._chunks(engine, text, sizes)
         if self.progress is not None:  # counting a long text is not free
@@ -156,7 +206,8 @@ class SummarizeTask:
             if len(groups) == 1:
                 self._say(f"{label}: combining {len(notes)} part summaries")
                 reduce = self._messages(self.reduce_template, groups[0], final=True)
-                return Summary(self._final(engine, reduce, sizes, final), len(chunks), rounds)
+                return self._finished(engine, text, label, reduce, sizes, final, len(chunks),
+                                      rounds)
             if len(groups) >= len(notes):
                 raise RecordError(f"{label}: the part summaries do not get shorter; "
                                   "raise --ctx")
@@ -164,6 +215,29 @@ class SummarizeTask:
                       f"groups (round {rounds})")
             notes = self._notes(engine, [self._messages(self.reduce_template, g, final=False)
                                          for g in groups], sizes, f"{label}: group")
+
+    def _finished(self, engine: Engine, source: str, label: str,
+                  messages: tuple[Message, ...], sizes: _Sizes, final: FinalWriter | None,
+                  chunks: int, rounds: int) -> Summary:
+        """The final request, checked: cut off at its limit, or a copy of the text. A copy
+        is asked for once more, firmly, unless it was streamed (the reader has it)."""
+        text, reason = self._final(engine, messages, sizes, final)
+        copied = is_copy(text, source)
+        if copied is not None and final is None:
+            firmer = (*messages[:-1], Message("user", messages[-1].content + "\n\n"
+                                              + _OWN_WORDS))
+            again, again_reason = self._final(engine, firmer, sizes, None)
+            again_copied = is_copy(again, source)
+            if again_copied is None or again_copied < copied:
+                text, reason, copied = again, again_reason, again_copied
+        cut = reason == "length"
+        if cut:
+            self._warn(f"{label}: the summary reached its limit of {sizes.answer} tokens and "
+                       "may end mid-sentence (raise --max-tokens or use a longer --length)")
+        if copied is not None:
+            self._warn(f"{label}: the summary copies the text: {copied:.0%} of its words are "
+                       f"passages of {COPY_RUN} or more words from it (try a larger model)")
+        return Summary(text, chunks, rounds, cut_off=cut, copied=copied)
 
     def _sizes(self, engine: Engine) -> _Sizes:
         n_ctx = engine.info.n_ctx
@@ -238,12 +312,16 @@ class SummarizeTask:
         return notes
 
     def _final(self, engine: Engine, messages: tuple[Message, ...], sizes: _Sizes,
-               final: FinalWriter | None) -> str:
+               final: FinalWriter | None) -> tuple[str, str | None]:
         request = ChatRequest(messages, self.sampling.with_(max_tokens=sizes.answer))
-        text = final(request) if final is not None else engine.complete(request).text
+        if final is not None:
+            text, reason = final(request)
+        else:
+            done = engine.complete(request)
+            text, reason = done.text, done.finish_reason
         if not text.strip():
             raise RecordError("the model returned an empty summary")
-        return text.strip()
+        return text.strip(), reason
 
     def _messages(self, template: Template, text: str, *, final: bool) -> tuple[Message, ...]:
         values = {
@@ -258,3 +336,7 @@ class SummarizeTask:
     def _say(self, message: str) -> None:
         if self.progress is not None:
             self.progress(message)
+
+    def _warn(self, message: str) -> None:
+        if self.warn is not None:
+            self.warn(message)
