@@ -523,3 +523,14 @@ def test_help_stays_light() -> None:
             "bad = [m for m in ('sqlite3', 'rich') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_single_summary_and_a_single_question_are_logged_as_runs(cli: Cli,
+                                                                    tmp_path: Path) -> None:
+    notes = tmp_path / "notes.md"
+    notes.write_text("The meeting moved to Tuesday.\n", encoding="utf-8")
+    assert cli("summarize", str(notes)).exit_code == 0
+    entries = json.loads(cli("logs", "--json").stdout)
+    runs = [e for e in entries if e["type"] == "batch"]
+    assert len(runs) == 1 and runs[0]["inputs"] == [str(notes)]
+    assert runs[0]["status"] == "ok" and runs[0]["counts"] == {"ok": 1}

@@ -114,7 +114,11 @@ def qa(
                    fail_fast, limit, progress, parallel)
         else:
             assert question is not None
-            _one(state(ctx), model, task, question.strip(), as_json)
+            from termlm.logs import BatchRun
+
+            with BatchRun(paths, None) as run:  # one log row, as for a batch run
+                _one(state(ctx), model, task, question.strip(), as_json)
+                run.counts = {"ok": 1}
     finally:
         task.index.close()
     raise typer.Exit(int(ExitCode.OK))

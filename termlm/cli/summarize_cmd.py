@@ -127,9 +127,13 @@ def summarize(
     sources = expand_inputs(paths, glob)
     st = state(ctx)
     if combined or (len(sources) == 1 and not as_json and output is None):
-        _single(st, model, task, talk, sources, combined=combined, output=output,
-                as_json=as_json, resume=resume, encoding_errors=encoding_errors,
-                parallel=parallel)
+        from termlm.logs import BatchRun
+
+        with BatchRun(paths or ["-"], output) as run:  # one log row, as for a batch run
+            _single(st, model, task, talk, sources, combined=combined, output=output,
+                    as_json=as_json, resume=resume, encoding_errors=encoding_errors,
+                    parallel=parallel)
+            run.counts = {"ok": 1}
         return
     args = RecordArgs(inputs=paths, glob=glob, input_format=None, text_field="text",
                       id_field="id", per_file=True, encoding_errors=encoding_errors,
