@@ -73,8 +73,10 @@ def translate(
         "--format", help="Input format. auto: Markdown for .md files (and stdin that looks "
         "like Markdown), plain text otherwise.")] = Format.auto,
     strict: Annotated[bool, typer.Option(
-        "--strict", help="A segment whose translation loses a number, URL, code or "
-        "placeholder (after one retry) fails its file, instead of a warning.")] = False,
+        "--strict", help="A segment whose translation fails the checks twice (a lost or "
+        "added number, URL, code or placeholder; the wrong language; an answer instead of "
+        "a translation; a length far from the source's) fails its file, which is not "
+        "written, instead of being kept as source text marked untranslated.")] = False,
     glob: Annotated[str | None, typer.Option(
         "--glob", help="Only files matching this pattern when walking directories "
         "(e.g. '*.md').", show_default=False)] = None,
@@ -253,7 +255,7 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
     from termlm.output import error_line, notice, plural
     from termlm.runstats import record
 
-    ok = failed = skipped = segments = cached = warnings = 0
+    ok = failed = skipped = segments = cached = warnings = left = 0
     started = time.perf_counter()
 
     def tick(label: str, done: int, total: int) -> None:
@@ -322,11 +324,12 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
                     fail(label, TermlmError(f"cannot write {job.target}: "
                                             f"{exc.strerror or exc}"))
                     continue
-                notice(f"{label} -> {job.target} ({plural(result.units, 'segment')}, "
-                       f"{result.cached} cached)")
+            where = label if job.target is None else f"{label} -> {job.target}"
+            notice(f"{where}: {counts(result)}")
             ok += 1
             segments += result.units
             cached += result.cached
+            left += result.left
     except KeyboardInterrupt:
         again = "; finished segments are cached, so running the same command again " \
             "continues" if translator.cache is not None else ""
@@ -337,8 +340,18 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
     record(records=segments, ok=ok, failed=failed, run_s=seconds,
            tokens_evaluated=evaluated, structure_warnings=warnings)
     notice(f"{ok} ok, {failed} failed" + (f", {skipped} skipped" if skipped else "")
-           + f": {plural(segments, 'segment')} ({cached} cached) in {seconds:.1f}s")
+           + f": {plural(segments, 'segment')} ({cached} cached"
+           + (f", {left} left as source" if left else "") + f") in {seconds:.1f}s")
     return ExitCode.PARTIAL if failed else ExitCode.OK
+
+
+def counts(result: DocResult) -> str:
+    """``14 segments translated (3 cached), 2 retried, 1 left as source``."""
+    from termlm.output import plural
+
+    cached = f" ({result.cached} cached)" if result.cached else ""
+    return (f"{plural(result.translated, 'segment')} translated{cached}, "
+            f"{result.retried} retried, {result.left} left as source")
 
 
 def _stderr_tty() -> bool:

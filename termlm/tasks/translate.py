@@ -3,13 +3,17 @@
 Each translation unit (a paragraph, heading, list item, table cell, or line)
 is one request, with the unit before it as a prior exchange so that terms stay
 consistent. A unit too long for the context is cut at sentence ends, then at
-whitespace, then anywhere. Every reply is checked: numbers, URLs, inline code
-and placeholders of the source must come back, and so must kept spans. A reply
-that fails is retried once with the missing pieces named (a reply that merely
-repeats the previous translation is retried without the prior exchange); then
-it is a warning (or, with ``strict``, a :class:`TranslateError`). Replies that
-pass are cached. ``Translator`` can run several stretches of a document side by
-side (``termlm.chains``), each a chain of units with their prior exchanges.
+whitespace, then anywhere. Every reply is checked (``termlm.tasks.translate_checks``):
+it must keep the numbers, URLs, inline code, placeholders and kept spans of its
+source and add none, be in the target language, translate rather than answer,
+and be about as long as its source. A reply that fails is retried once, with
+the missing pieces named and a firmer instruction (a reply that merely repeats
+the previous translation is retried without the prior exchange). If it fails
+again, the unit keeps its source text, marked untranslated (see ``MARK``), with
+one warning; with ``strict`` that is a :class:`TranslateError`. Only replies that
+pass are cached, and cached ones are checked again. ``Translator`` can run
+several stretches of a document side by side (``termlm.chains``), each a chain
+of units with their prior exchanges.
 """
 
 from __future__ import annotations
@@ -17,65 +21,32 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sqlite3
-from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from termlm.chains import Chain, run_chains, stretches
 from termlm.engine.types import BatchingEngine, ChatRequest, Engine, Message, SamplingParams
-from termlm.errors import InputError, TermlmError, UsageError
+from termlm.errors import InputError, TermlmError
 from termlm.prompts import Template
-from termlm.segment import Mode, Segment, segment, split_long, url_end
+from termlm.segment import Mode, Segment, segment, split_long
+from termlm.tasks.langid import Identifier, default_identifier
+from termlm.tasks.languages import LETTER, Language, language
+from termlm.tasks.translate_cache import Cache, SqliteCache
+from termlm.tasks.translate_checks import Checks, missing, protected
 
-_LANGUAGES = {
-    "ar": "Arabic", "bg": "Bulgarian", "ca": "Catalan", "cs": "Czech", "da": "Danish",
-    "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "et": "Estonian",
-    "fa": "Persian", "fi": "Finnish", "fr": "French", "he": "Hebrew", "hi": "Hindi",
-    "hr": "Croatian", "hu": "Hungarian", "id": "Indonesian", "it": "Italian", "ja": "Japanese",
-    "ko": "Korean", "lt": "Lithuanian", "lv": "Latvian", "nl": "Dutch", "no": "Norwegian",
-    "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sk": "Slovak",
-    "sl": "Slovenian", "sr": "Serbian", "sv": "Swedish", "th": "Thai", "tr": "Turkish",
-    "uk": "Ukrainian", "vi": "Vietnamese", "zh": "Chinese",
-}
-_LETTER = re.compile(r"[^\W\d_]")
-_TOKENS = re.compile(
-    r"(?P<url>(?:https?|ftp)://[^\s<>`\"']+)"
-    r"|(?P<code>`[^`\n]+`)"
-    r"|(?P<ph>\{[A-Za-z0-9_.\[\]-]*\}|%(?:\([A-Za-z_]\w*\))?[-+#0]*\d*(?:\.\d+)?[sdifxXeEgGcr]"
-    r"|%\d+\$[sd]|\$\{[A-Za-z_]\w*\}|\$[A-Za-z_]\w*)"
-    r"|(?P<num>\d+(?:[.,]\d+)*)"
-)
+__all__ = ["MARK", "Cache", "DocResult", "Language", "Spec", "SqliteCache", "TranslateError",
+           "Translator", "language", "load_glossary", "missing", "protected", "units"]
+
+# How a unit left in its source language is marked, per output format: in Markdown an
+# HTML comment after its text (invisible when rendered; after, because a paragraph that
+# starts with "<!--" would become an HTML block), in plain text a tag before it. Both
+# can be found with grep "termlm: untranslated".
+MARK = {"markdown": " <!-- termlm: untranslated -->", "text": "[termlm: untranslated] "}
 
 
 class TranslateError(TermlmError):
     """A unit whose translation failed the checks, under --strict."""
-
-
-@dataclass(frozen=True)
-class Language:
-    name: str  # what the prompt says: "French"
-    code: str  # what file names get: "fr"
-
-
-def language(arg: str) -> Language:
-    """``fr``, ``French``, ``pt-BR`` or any other language name."""
-    text = " ".join(arg.split())
-    if not text or len(text) > 40 or not _LETTER.match(text) or not re.fullmatch(r"[\w ()-]+",
-                                                                                 text):
-        raise UsageError(f"not a language: {arg!r}", hint="for example --to fr or --to French")
-    low = text.lower().replace("_", "-")
-    code = re.fullmatch(r"([a-z]{2,3})(?:-([a-z0-9]{2,8}))?", low)
-    if code and code.group(1) in _LANGUAGES:
-        region = code.group(2)
-        name = _LANGUAGES[code.group(1)] + (f" ({region.upper()})" if region else "")
-        return Language(name, code.group(1) + (f"-{region.upper()}" if region else ""))
-    for short, name in _LANGUAGES.items():
-        if name.lower() == low:
-            return Language(name, short)
-    return Language(text, re.sub(r"[^a-z0-9]+", "-", low).strip("-"))
 
 
 def load_glossary(path: Path) -> dict[str, str]:
@@ -102,76 +73,6 @@ def load_glossary(path: Path) -> dict[str, str]:
         raise InputError(f"glossary {path} must map each term to its translation",
                          hint="one line per term, e.g.  pull request: demande de fusion")
     return {str(k).strip(): v.strip() for k, v in data.items() if str(k).strip()}
-
-
-class Cache(Protocol):
-    def get(self, key: str) -> str | None: ...
-
-    def put(self, key: str, value: str) -> None: ...
-
-
-class SqliteCache:
-    """Checked translations by key, in one SQLite file; a broken cache is just a miss."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._db: sqlite3.Connection | None = None
-        self.broken = False
-
-    def _conn(self) -> sqlite3.Connection | None:
-        if self._db is None and not self.broken:
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, timeout=10)
-                self._db.execute("CREATE TABLE IF NOT EXISTS units "
-                                 "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            except (OSError, sqlite3.Error):
-                self.close()
-                self.broken = True
-        return self._db
-
-    def get(self, key: str) -> str | None:
-        db = self._conn()
-        try:
-            row = db.execute("SELECT value FROM units WHERE key = ?", (key,)).fetchone() \
-                if db else None
-        except sqlite3.Error:
-            return None
-        return str(row[0]) if row else None
-
-    def put(self, key: str, value: str) -> None:
-        db = self._conn()
-        try:
-            if db is not None:
-                with db:
-                    db.execute("INSERT OR REPLACE INTO units VALUES (?, ?)", (key, value))
-        except sqlite3.Error:
-            pass
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-
-def protected(text: str) -> Counter[str]:
-    """URLs, inline code, placeholders and numbers (digits only: 1,000 == 1.000) in text."""
-    found: Counter[str] = Counter()
-    for match in _TOKENS.finditer(text):
-        kind, token = match.lastgroup, match.group()
-        if kind == "url":
-            token = url_end(token)
-        elif kind == "num":
-            token = re.sub(r"[.,]", "", token)
-        found[token] += 1
-    return found
-
-
-def missing(source: str, reply: str, kept: Sequence[str] = ()) -> list[str]:
-    """What of ``source`` the reply lost: protected tokens, and kept spans."""
-    lost = list((protected(source) - protected(reply)).elements())
-    lost += [span for span in kept if reply.count(span) < source.count(span)]
-    return list(dict.fromkeys(lost))
 
 
 def _clean(reply: str, source: str) -> str:
@@ -201,6 +102,13 @@ def _rebuild(unit: list[Segment], reply: str, markdown: bool) -> str:
     return out
 
 
+def _mark(raw: str, markdown: bool) -> str:
+    """The unit's source text, marked untranslated (its surrounding spaces kept)."""
+    core = raw.strip()
+    lead, trail = raw[: len(raw) - len(raw.lstrip())], raw[len(raw.rstrip()):]
+    return lead + (core + MARK["markdown"] if markdown else MARK["text"] + core) + trail
+
+
 @dataclass(frozen=True)
 class Spec:
     target: Language
@@ -210,14 +118,22 @@ class Spec:
     model_id: str
     glossary: dict[str, str] = field(default_factory=dict)
     strict: bool = False
+    # tells the language of a reply; None: no language check
+    identifier: Identifier | None = field(default_factory=default_identifier)
 
 
 @dataclass
 class DocResult:
     text: str
-    units: int = 0
-    cached: int = 0
+    units: int = 0  # segments to translate
+    cached: int = 0  # of them, taken whole from the cache
+    retried: int = 0  # of them, asked again at least once
+    left: int = 0  # of them, kept (wholly or in part) as source text, marked untranslated
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def translated(self) -> int:
+        return self.units - self.left
 
 
 def units(segments: list[Segment]) -> Iterator[str | list[Segment]]:
@@ -253,12 +169,33 @@ class _Doc:
 
 @dataclass
 class _Thread:
-    """One stretch of a document being translated: the exchange before the unit at hand."""
+    """One stretch of a document being translated: the exchange before the unit at hand,
+    and what happened to that unit's requests (a unit may take several: its parts)."""
 
     doc: _Doc
     previous: tuple[str, str] | None = None
     unit: int = 0  # the unit's number in the document
     where: str = ""
+    problems: list[str] = field(default_factory=list)  # one per failed part, as told
+    parts: int = 0  # requests' texts asked for (or found in the cache)
+    cached: int = 0
+    left: int = 0  # parts kept as source
+    retried: bool = False
+    split: bool = False  # its text was translated around its kept spans
+
+    def begin(self, number: int, where: str) -> None:
+        self.unit, self.where = number, where
+        self.problems, self.parts, self.cached, self.left = [], 0, 0, 0
+        self.retried = self.split = False
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """The outcome of asking (and asking again) for one text."""
+
+    reply: str
+    problem: str = ""  # "lost '42' and is in English, not French"; "" when it passed
+    lost_kept: bool = False  # a kept span is missing from the reply
 
 
 class Translator:
@@ -278,6 +215,7 @@ class Translator:
         self.engine = engine
         self.spec = spec
         self.cache = cache
+        self.checks = Checks(spec.target, spec.identifier)
         self.n_ctx = engine.info.n_ctx
         slots = engine.parallel if isinstance(engine, BatchingEngine) else 1
         self.parallel = max(1, parallel or slots)
@@ -312,8 +250,9 @@ class Translator:
         def stretch(first: int, run: list[tuple[int, list[Segment], str]]) -> Chain[None]:
             thread = _Thread(doc)
             for number, (at, unit, where) in enumerate(run, first):
-                thread.unit, thread.where = number, where
+                thread.begin(number, where)
                 doc.out[at] = yield from self._unit(thread, unit)
+                self._settle(thread)
                 doc.finished += 1
                 if progress is not None:
                     progress(doc.finished, len(todo))
@@ -334,17 +273,17 @@ class Translator:
         lead, trail = source[: len(source) - len(source.lstrip())], source[len(source.rstrip()):]
         core = source.strip()
         kept = [s.text for s in unit if s.kind == "inline"]
-        reply, lost, usable = yield from self._translate(thread, core, kept)
-        if lost:
-            if any(reply.count(span) < core.count(span) for span in kept):
-                self._problem(thread, lost, "translated the text around the kept parts instead")
-                return (yield from self._parts(
-                    thread, [[s] if s.kind == "text" else s.text for s in unit]))
-            if not usable:
-                self._problem(thread, lost, "kept the original text")
-                return raw
-            self._problem(thread, lost, "kept the translation")
-        return lead + _rebuild(unit, reply, thread.doc.markdown) + trail
+        attempt = yield from self._translate(thread, core, kept)
+        if not attempt.problem:
+            return lead + _rebuild(unit, attempt.reply, thread.doc.markdown) + trail
+        thread.problems.append(attempt.problem)
+        if attempt.lost_kept and any(s.kind == "text" for s in unit):
+            thread.split = True  # the model mangles the kept spans: leave them out of it
+            thread.parts -= 1  # what counts now is the parts
+            return (yield from self._parts(
+                thread, [[s] if s.kind == "text" else s.text for s in unit]))
+        thread.left += 1
+        return _mark(raw, thread.doc.markdown)
 
     def _parts(self, thread: _Thread, parts: list[str | list[Segment]]) -> Chain[str]:
         """Kept strings as they are, and each list of segments translated as a unit."""
@@ -384,68 +323,99 @@ class Translator:
         flush()
         return parts
 
-    def _problem(self, thread: _Thread, lost: list[str], outcome: str) -> None:
-        shown = ", ".join(x if x.startswith("(") else repr(x) for x in lost[:5])
-        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
-        message = f"{thread.where}: the translation lost {shown}{more}"
-        if self.spec.strict:
-            raise TranslateError(message + " (--strict)")
-        thread.doc.warnings.append((thread.unit, f"{message}; {outcome}"))
+    def _settle(self, thread: _Thread) -> None:
+        """Count the unit, and tell in one warning what went wrong with it and what was
+        done instead (under strict, a failure)."""
+        result = thread.doc.result
+        result.retried += thread.retried
+        result.cached += bool(thread.parts) and thread.cached == thread.parts
+        result.left += bool(thread.left)
+        if not thread.problems:
+            return
+        what = "; ".join(dict.fromkeys(f"the reply {p}" for p in thread.problems))
+        if self.spec.strict and thread.left:
+            raise TranslateError(f"{thread.where}: {what} (retried once); not translated "
+                                 "(--strict)")
+        left, parts = thread.left, thread.parts
+        around = "the text around the kept parts separately"
+        source = "the source text, marked untranslated" if left == parts else \
+            f"the source text of {left} of its {parts} parts, marked untranslated"
+        if not thread.split:
+            done = f"kept {source}"
+        elif not left:
+            done = f"translated {around}"
+        elif left == parts:
+            done = f"tried {around}, then kept {source}"
+        else:
+            done = f"translated {around}, but kept {source}"
+        thread.doc.warnings.append((thread.unit, f"{thread.where}: {what} (retried once); {done}"))
 
     # -- one request --------------------------------------------------------------
 
     def _translate(self, thread: _Thread, text: str, kept: Sequence[str]
-                   ) -> Chain[tuple[str, list[str], bool]]:
-        """(reply, what it lost, whether it is usable at all); passing replies are cached."""
+                   ) -> Chain[_Attempt]:
+        """The reply for ``text``, asked for at most twice; passing replies are cached."""
+        thread.parts += 1
         key = self._key(text)
         hit = self.cache.get(key) if self.cache is not None else None
-        if hit is not None:
-            thread.doc.result.cached += 1
+        if hit is not None and self.checks.verdict(text, hit, kept).ok:  # checks may change
+            thread.cached += 1
             thread.previous = (text, hit)
-            return hit, [], True
-        reply = ""
-        lost: list[str] = []
-        flags: list[str] = []
+            return _Attempt(hit)
         n_tokens = self.engine.count_tokens(text)
-        for _attempt in range(2):
+        reply, flag = "", ""
+        lost: list[str] = []
+        phrases: list[str] = []
+        for attempt in range(2):
             context = thread.previous if thread.previous and self._fits(text, thread.previous) \
-                and "(a copy of the previous translation)" not in flags else None
-            messages = self._messages(text, context, lost)
+                and flag != _COPY else None
+            messages = self._messages(text, context, lost, firm=attempt > 0)
             room = self.n_ctx - self.engine.count_prompt_tokens(messages)
             limit = max(1, min(room, self.spec.sampling.max_tokens, 4 * n_tokens + 64))
             # a unit never holds a blank line: one in the reply means the model moved on
-            stop = (*self.spec.sampling.stop, "\n\n")
-            completion = yield ChatRequest(
-                messages, self.spec.sampling.with_(max_tokens=limit, stop=stop))
+            sampling = self.spec.sampling.with_(max_tokens=limit,
+                                                stop=(*self.spec.sampling.stop, "\n\n"))
+            if attempt:  # the likeliest reply under the firmer prompt
+                sampling = sampling.with_(temperature=0.0)
+            completion = yield ChatRequest(messages, sampling)
             reply = _clean(completion.text, text)
-            lost = missing(text, reply, kept)
-            flags = ["(the reply was cut off)"] if completion.finish_reason != "stop" else []
+            verdict = self.checks.verdict(text, reply, kept)
+            lost = list(verdict.lost)
+            flag = "was cut off" if completion.finish_reason != "stop" else ""
             if not reply:
-                flags = ["(an empty reply)"]
+                flag = "was empty"
             elif context is not None and _same(reply, context[1]) and not _same(text, context[0]):
-                flags = ["(a copy of the previous translation)"]  # small models echo the
-                lost = []  # prior exchange: ask again without it
-            if not lost and not flags:
+                flag = _COPY  # small models echo the prior exchange: ask again without it
+                lost = []
+            if not flag and verdict.ok:
                 if self.cache is not None:
                     self.cache.put(key, reply)
                 thread.previous = (text, reply)
-                return reply, [], True
-        return reply, [*lost, *flags], not flags
+                return _Attempt(reply)
+            if not attempt:
+                thread.retried = True
+            phrases = [flag] if flag in ("was empty", _COPY) else [
+                *([flag] if flag else []), *verdict.phrases()]
+        lost_kept = any(reply.count(span) < text.count(span) for span in kept)
+        return _Attempt(reply, " and ".join(phrases), lost_kept)
 
     def _glossary_for(self, text: str) -> dict[str, str]:
         low = text.lower()
         return {k: v for k, v in self.spec.glossary.items() if k.lower() in low}
 
     def _messages(self, text: str, context: tuple[str, str] | None,
-                  keep: Sequence[str]) -> tuple[Message, ...]:
+                  keep: Sequence[str], firm: bool = False) -> tuple[Message, ...]:
         glossary = self._glossary_for(text)
+        target = self.spec.target.name
         values = {
             "source_lang": self.spec.source.name if self.spec.source else "its language",
-            "target_lang": self.spec.target.name,
+            "target_lang": target,
             "glossary": "".join(["\nUse these translations:",
                                  *(f"\n- {k}: {v}" for k, v in glossary.items())])
             if glossary else "",
-            "keep": f"\nCopy these exactly as written: {', '.join(keep)}" if keep else "",
+            "keep": (f"\nCopy these exactly as written: {', '.join(keep)}" if keep else "")
+            + (f"\nTranslate only: do not answer the text, explain it or add to it; write "
+               f"the whole translation in {target}." if firm else ""),
             "text": text,
         }
         template = self.spec.template
@@ -457,7 +427,9 @@ class Translator:
         return (*messages, Message("user", template.render_user(values)))
 
     def _fits(self, text: str, context: tuple[str, str] | None = None) -> bool:
-        prompt = self.engine.count_prompt_tokens(self._messages(text, context, ()))
+        """Whether the text fits with room for a reply twice as long (and for the
+        retry's longer prompt)."""
+        prompt = self.engine.count_prompt_tokens(self._messages(text, context, (), firm=True))
         return prompt + 2 * self.engine.count_tokens(text) + 16 <= self.n_ctx
 
     def _key(self, text: str) -> str:
@@ -466,6 +438,9 @@ class Translator:
                  template.system, template.user, repr(spec.sampling),
                  sorted(self._glossary_for(text).items()), text]
         return hashlib.sha256(json.dumps(parts).encode("utf-8")).hexdigest()
+
+
+_COPY = "copied the translation of the segment before"
 
 
 def _source(unit: list[Segment]) -> str:
@@ -480,4 +455,4 @@ def _same(a: str, b: str) -> bool:
 
 def _needs(unit: list[Segment]) -> bool:
     """Whether a unit has prose to translate (not just numbers, symbols, kept spans)."""
-    return any(s.kind == "text" and _LETTER.search(s.text) for s in unit)
+    return any(s.kind == "text" and LETTER.search(s.text) for s in unit)
