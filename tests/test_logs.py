@@ -534,3 +534,12 @@ def test_a_single_summary_and_a_single_question_are_logged_as_runs(cli: Cli,
     runs = [e for e in entries if e["type"] == "batch"]
     assert len(runs) == 1 and runs[0]["inputs"] == [str(notes)]
     assert runs[0]["status"] == "ok" and runs[0]["counts"] == {"ok": 1}
+
+
+def test_a_translate_run_is_logged_with_its_counts(cli: Cli, tmp_path: Path) -> None:
+    source = tmp_path / "hello.txt"
+    source.write_text("Hello.\n", encoding="utf-8")
+    cli("translate", "--to", "French", str(source))
+    runs = [e for e in json.loads(cli("logs", "--json").stdout) if e["type"] == "batch"]
+    assert len(runs) == 1 and runs[0]["inputs"] == [str(source)]
+    assert runs[0]["counts"]["segments"] == 1 and "translate" in runs[0]["command"]

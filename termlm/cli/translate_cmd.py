@@ -130,20 +130,25 @@ def translate(
     terms = load_glossary(glossary) if glossary is not None else {}
     plan = _plan(sources, output, target.code)
     st = state(ctx)
-    engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
-    cache = None if no_cache else SqliteCache(cache_dir() / "translate" / "cache.sqlite3")
-    try:
-        model_id = f"{engine.info.name}|{os.path.basename(engine.info.path)}"
-        spec = Spec(target=target, source=source_lang, template=tmpl, sampling=sampling,
-                    model_id=model_id, glossary=terms, strict=strict)
-        translator = Translator(engine, spec, cache, parallel)
-        show = progress if progress is not None else _stderr_tty()
-        code = _run(translator, plan, fmt, line_mode, show)
-    finally:
-        if cache is not None:
-            cache.close()
-        engine.close()
-    raise typer.Exit(int(code))
+    from termlm.logs import BatchRun
+
+    # one log row for the run (termlm logs), however it ends
+    with BatchRun(list(inputs or ["-"]), str(output) if output else None) as run:
+        engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
+        run.model = engine.info.name
+        cache = None if no_cache else SqliteCache(cache_dir() / "translate" / "cache.sqlite3")
+        try:
+            model_id = f"{engine.info.name}|{os.path.basename(engine.info.path)}"
+            spec = Spec(target=target, source=source_lang, template=tmpl, sampling=sampling,
+                        model_id=model_id, glossary=terms, strict=strict)
+            translator = Translator(engine, spec, cache, parallel)
+            show = progress if progress is not None else _stderr_tty()
+            code = _run(translator, plan, fmt, line_mode, show, totals=run.counts)
+        finally:
+            if cache is not None:
+                cache.close()
+            engine.close()
+        raise typer.Exit(int(code))
 
 
 Plan = list[tuple["Source", "Path | str | None"]]  # None: stdout; str: why not
@@ -248,7 +253,7 @@ class _Job:
 
 
 def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
-         show: bool) -> ExitCode:
+         show: bool, totals: dict[str, int] | None = None) -> ExitCode:
     """Translate the files, several at once when the engine has slots to spare, and write
     each one (in plan order) as soon as it and the files before it are done."""
     from termlm.chains import run_groups
@@ -336,6 +341,9 @@ def _run(translator: Translator, plan: Plan, fmt: Format, line_mode: bool,
         notice(f"\ninterrupted: {ok} of {plural(len(plan), 'file')} done{again}")
         return ExitCode.INTERRUPTED
     seconds = time.perf_counter() - started
+    if totals is not None:  # for the log
+        totals.update(ok=ok, failed=failed, skipped=skipped, segments=segments,
+                      cached=cached, left_as_source=left)
     evaluated = getattr(translator.engine, "tokens_evaluated", None)
     record(records=segments, ok=ok, failed=failed, run_s=seconds,
            tokens_evaluated=evaluated, structure_warnings=warnings)
