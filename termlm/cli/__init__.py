@@ -120,6 +120,10 @@ def _register() -> None:
     app.add_typer(models.app, name="models")
     app.add_typer(prompts_cmd.app, name="prompts")
     app.add_typer(config_cmd.app, name="config")
+    from termlm.cli import embed_cmd
+
+    app.command("embed")(embed_cmd.embed)
+    app.command("similar")(embed_cmd.similar)
     from termlm.cli import logs_cmd
 
     app.add_typer(logs_cmd.app, name="logs")

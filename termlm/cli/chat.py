@@ -180,13 +180,14 @@ def _list(as_json: bool) -> None:
             for info in found]
     if output.is_tty(sys.stdout):
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(box=None, pad_edge=False, header_style="bold")
         for column in ("name", "last used", "turns", "first line"):
             table.add_column(column, no_wrap=column != "first line",
                              justify="right" if column == "turns" else "left")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(Text(cell) for cell in row))  # what was typed, never markup
         output.out_console().print(table)
     else:
         sys.stdout.write("name\tlast used\tturns\tfirst line\n")

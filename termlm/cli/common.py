@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -15,7 +15,11 @@ from termlm.config import Settings, load_settings, model_for
 from termlm.engine.types import Engine
 from termlm.errors import ExitCode, TermlmError
 
+if TYPE_CHECKING:
+    from termlm.engine.embedding import Embedder
+
 EngineFactory = Callable[[Settings], Engine]
+EmbedderFactory = Callable[[Settings, "str | None"], "Embedder"]  # settings, --pooling
 
 log = logging.getLogger("termlm")
 
@@ -27,6 +31,7 @@ class AppState:
     verbose: bool = False
     flags: dict[str, Any] = field(default_factory=dict)
     engine_factory: EngineFactory | None = None
+    embedder_factory: EmbedderFactory | None = None  # tests: the FakeEmbedder
     command: str | None = None  # the subcommand, for task_models
 
     def settings(self, **command_flags: Any) -> Settings:
@@ -47,6 +52,15 @@ class AppState:
         from termlm.engine.loader import open_engine
 
         return open_engine(settings, batch=batch)
+
+    def open_embedder(self, settings: Settings, pooling: str | None = None) -> Embedder:
+        """The embedding engine for ``settings.embed_model`` (``--pooling`` for a model that
+        declares none)."""
+        if self.embedder_factory is not None:
+            return self.embedder_factory(settings, pooling)
+        from termlm.engine.embed_loader import open_embedder
+
+        return open_embedder(settings, pooling)
 
 
 def state(ctx: typer.Context) -> AppState:

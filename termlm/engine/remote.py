@@ -219,6 +219,26 @@ class RemoteEngine:
     def score_many(self, requests: Iterable[ScoreRequest]) -> Iterator[list[Score] | Exception]:
         return self._ordered(requests, self.score)
 
+    # -- embeddings ---------------------------------------------------------
+    def embeddings(self, texts: list[str]) -> list[list[float]]:
+        """``POST /embeddings`` for ``texts`` (retried like chat requests); the vectors in
+        input order, checked: one per text, all the same length, every number finite."""
+        from termlm.engine.remote_reply import embedding_vectors
+
+        url = f"{self.base_url}/embeddings"
+        try:
+            response = self._post(url, lambda: {"model": self._model, "input": texts,
+                                                "encoding_format": "float"})
+        except Rejected as exc:
+            raise self._http.error(exc, url) from None
+        return embedding_vectors(json_object(response, self._http.show), len(texts),
+                                 self.shown_url)
+
+    def embeddings_many(self, batches: Iterable[list[str]]
+                        ) -> Iterator[list[list[float]] | Exception]:
+        """Batches of texts, ``concurrency`` requests in flight, results in order."""
+        return self._ordered(batches, self.embeddings)
+
     def _ordered(self, requests: Iterable[R | None], call: Callable[[R], T]
                  ) -> Iterator[T | Exception]:
         """``parallel`` calls in flight, requests pulled at most 2 x parallel ahead of the

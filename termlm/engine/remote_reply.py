@@ -169,3 +169,36 @@ def tokens_of(data: dict[str, Any]) -> list[int] | None:
             isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in ids):
         return None
     return ids
+
+
+def embedding_vectors(data: dict[str, Any], expected: int, shown_url: str) -> list[list[float]]:
+    """The vectors of an OpenAI ``/embeddings`` reply, in input order, or a clear
+    EngineError for a reply of the wrong shape (it is not retried: it would not change)."""
+    def bad(what: str) -> EngineError:
+        return EngineError(f"server {shown_url} sent a malformed embeddings reply: {what}")
+
+    items = data.get("data")
+    if not isinstance(items, list):
+        raise bad(f"'data' is {kind(items)}, not a list")
+    if len(items) != expected:
+        raise bad(f"{len(items)} embeddings for {expected} texts")
+    out: list[list[float] | None] = [None] * expected
+    dims: int | None = None
+    for position, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise bad(f"item {position} is {kind(item)}, not an object")
+        index = item.get("index", position)
+        if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < expected \
+                or out[index] is not None:
+            raise bad(f"item {position} has a bad or repeated index {index!r}")
+        vector = item.get("embedding")
+        if not isinstance(vector, list) or not vector:
+            raise bad(f"item {position}'s embedding is {kind(vector)}, not a list of numbers")
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                   and math.isfinite(x) for x in vector):
+            raise bad(f"item {position}'s embedding holds something other than finite numbers")
+        if dims is not None and len(vector) != dims:
+            raise bad(f"embeddings of {dims} and {len(vector)} numbers in one reply")
+        dims = len(vector)
+        out[index] = [float(x) for x in vector]
+    return [v for v in out if v is not None]

@@ -1,0 +1,1 @@
+"""Vector collections: embeddings kept in SQLite, searched exactly with numpy."""
