@@ -79,7 +79,8 @@ def _rows(settings: Settings, task: str | None = None) -> list[dict[str, Any]]:
         pulled = is_pulled(entry)
         n_ctx, need = _need(settings, local_path(entry) if pulled else None, entry)
         rows.append({
-            "name": name, "kind": "catalog", "default": name == settings.model,
+            "name": name, "kind": "catalog",
+            "default": name == (settings.embed_model if entry.is_embedding else settings.model),
             "params": entry.params, "quant": entry.quant, "context": entry.context,
             "size": entry.size, "n_ctx": n_ctx, "memory_needed": need, "memory": where,
             "fits": fits(need), "tags": list(entry.tags), "pulled": pulled,
@@ -105,7 +106,7 @@ def _rows(settings: Settings, task: str | None = None) -> list[dict[str, Any]]:
 
 TaskOpt = Annotated[str | None, typer.Option(
     "--task", help="Only models tagged for this task: chat, translate, classify, extract, "
-    "code, long-context.", show_default=False)]
+    "code, long-context, embed (embedding models).", show_default=False)]
 
 
 @app.command("list")
@@ -115,7 +116,8 @@ def list_models(ctx: typer.Context, as_json: JsonOpt = False, task: TaskOpt = No
 
     For each: parameters, quantization, download size, the memory it needs at the
     configured context (--ctx), whether that fits this machine's free RAM (VRAM with a
-    GPU build), its task tags and whether it is pulled; * marks the default.
+    GPU build), its task tags and whether it is pulled; * marks the default (the chat
+    model, and the embedding model among those tagged embedding).
 
     Example: termlm models list --task translate
     """
@@ -124,6 +126,7 @@ def list_models(ctx: typer.Context, as_json: JsonOpt = False, task: TaskOpt = No
     from termlm.models.pull import human_size
     from termlm.output import is_tty, out_console
 
+    task = "embedding" if task == "embed" else task  # the command's name for it
     if task is not None and task not in TAGS:
         raise UsageError(f"unknown task {task!r}; choose from {', '.join(TAGS)}")
     settings = state(ctx).settings()

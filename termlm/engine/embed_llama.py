@@ -27,6 +27,7 @@ from termlm.sysinfo import default_threads
 if TYPE_CHECKING:
     from termlm.engine.embedding import Vector
 
+BATCH_OVERRIDE = 0
 MAX_SEQUENCES = 64  # texts in one decode, at most
 MAX_CONTEXT = 8192  # tokens per piece, at most (the KV cache a long-context model needs)
 _POOLING_NAMES = {0: None, 1: "mean", 2: "cls", 3: "last", 4: "rank"}
@@ -37,8 +38,8 @@ class LlamaEmbedder:
 
     def __init__(self, path: str, *, name: str, pooling: str | None = None,
                  threads: int | None = None, n_gpu_layers: int | str = "auto",
-                 cpu_extra_buffers: str = "auto", query_prefix: str = "",
-                 document_prefix: str = "") -> None:
+                 cpu_extra_buffers: str = "auto", max_tokens: int | None = None,
+                 query_prefix: str = "", document_prefix: str = "") -> None:
         from termlm.engine.backend import extra_buffers
 
         started = time.perf_counter()
@@ -64,7 +65,10 @@ class LlamaEmbedder:
                     "or give --pooling mean or --pooling last to pool this one")
             if chosen == "rank":
                 raise UsageError(f"{name} is a reranker (rank pooling), not an embedding model")
-            n_ctx = min(int(lib.llama_model_n_ctx_train(self.model)) or 512, MAX_CONTEXT)
+            # the tokens one piece may have: what the model was trained on (a catalog entry
+            # may say less than the GGUF's positions: MiniLM has 512, trained on 256)
+            n_ctx = min(int(lib.llama_model_n_ctx_train(self.model)) or 512, MAX_CONTEXT,
+                        max_tokens or MAX_CONTEXT)
             self._open_context(n_ctx, chosen, threads)
         except BaseException:
             self.close()
@@ -101,7 +105,8 @@ class LlamaEmbedder:
         lib = self._lib
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
-        cparams.n_batch = cparams.n_ubatch = n_ctx  # every piece fits one physical batch
+        batch = BATCH_OVERRIDE or n_ctx
+        cparams.n_batch = cparams.n_ubatch = max(batch, n_ctx)  # every piece fits one batch
         cparams.n_seq_max = min(MAX_SEQUENCES, int(lib.llama_max_parallel_sequences()))
         cparams.kv_unified = True
         cparams.embeddings = True

@@ -23,11 +23,12 @@ def open_embedder(settings: Settings, pooling: str | None = None) -> Embedder:
     from termlm.models.resolve import resolve_embedding_model
 
     model = resolve_embedding_model(settings.embed_model, settings,
-                                    allow_pull=not settings.offline, notify=notice)
+                                    allow_pull=not settings.offline, notify=notice,
+                                    pooling=pooling)
     with Activity() as activity:
         activity.say(f"loading {model.name}...")
         return LlamaEmbedder(
-            str(model.path), name=model.name, pooling=pooling or model.pooling,
+            str(model.path), name=model.name, pooling=model.pooling,
             threads=settings.threads, n_gpu_layers=settings.n_gpu_layers,
-            cpu_extra_buffers=settings.cpu_extra_buffers,
+            cpu_extra_buffers=settings.cpu_extra_buffers, max_tokens=model.context,
             query_prefix=model.query_prefix, document_prefix=model.document_prefix)

