@@ -215,3 +215,26 @@ def test_an_engine_failure_fails_only_its_record(tmp_path: Path) -> None:
     rows = [json.loads(x) for x in result.stdout.splitlines()]
     assert [("error" in r) for r in rows] == [False, True, False]
     assert result.exit_code == 3
+
+
+def test_the_matrix_cache_follows_every_change(tmp_path: Path) -> None:
+    from termlm.vectors.store import Item, Store
+
+    path = tmp_path / "v.sqlite"
+    vec = np.eye(4, dtype=np.float32)
+    with Store.open(path) as store:
+        store.ensure("c", "m", 4, "mean")
+        store.put("c", [Item("a", "h1", "first", 1, vec[0]), Item("b", "h2", "second", 1,
+                                                                   vec[1])])
+        ids, matrix = store.matrix("c")  # builds the cache
+        assert ids == ["a", "b"] and np.array_equal(matrix, vec[:2])
+        assert list((tmp_path / "v.cache").glob("c+*.npy"))
+    with Store.open(path) as store:
+        ids, matrix = store.matrix("c")  # from the cache
+        assert ids == ["a", "b"] and np.array_equal(matrix, vec[:2])
+        store.put("c", [Item("b", "h3", "changed", 1, vec[2])])
+        ids, matrix = store.matrix("c")
+        assert ids == ["a", "b"] and np.array_equal(matrix[1], vec[2])
+        assert len(list((tmp_path / "v.cache").glob("c+*.npy"))) == 1  # the stale one went
+        store.drop("c")
+        assert not list((tmp_path / "v.cache").glob("c+*"))

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS collections (
     dims INTEGER NOT NULL,
     pooling TEXT,
     created TEXT NOT NULL,
-    updated TEXT NOT NULL
+    updated TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 0  -- bumped by every change: the matrix cache's key
 );
 CREATE TABLE IF NOT EXISTS items (
     collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
@@ -160,7 +161,7 @@ class Store:
         found = self.info(name)
         if found is None:
             stamp = _now()
-            self.conn.execute("INSERT INTO collections VALUES (?, ?, ?, ?, ?, ?)",
+            self.conn.execute("INSERT INTO collections VALUES (?, ?, ?, ?, ?, ?, 0)",
                               (name, model, dims, pooling, stamp, stamp))
             return self.require(name)
         if found.model != model or found.dims != dims:
@@ -177,6 +178,8 @@ class Store:
         with self._transaction():
             self.conn.execute("DELETE FROM items WHERE collection = ?", (name,))
             self.conn.execute("DELETE FROM collections WHERE name = ?", (name,))
+        for stale in self._cache_dir().glob(f"{name}+*"):
+            stale.unlink(missing_ok=True)
         return found.count
 
     # items
@@ -194,8 +197,8 @@ class Store:
         with self._transaction():
             self.conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)",
                                   rows)
-            self.conn.execute("UPDATE collections SET updated = ? WHERE name = ?",
-                              (_now(), name))
+            self.conn.execute("UPDATE collections SET updated = ?, version = version + 1 "
+                              "WHERE name = ?", (_now(), name))
         return len(rows)
 
     def items(self, name: str, ids: Sequence[str] | None = None) -> Iterator[Item]:
@@ -217,19 +220,83 @@ class Store:
                 yield Item(row[0], row[1], row[2], row[3], _vector(row[4], info.dims, np))
 
     def matrix(self, name: str) -> tuple[list[str], npt.NDArray[np.float32]]:
-        """Every id and one (n, dims) float32 matrix of the vectors, read in one pass."""
+        """Every id and one (n, dims) float32 matrix of the vectors.
+
+        Read from a cache beside the database (``vectors.cache/NAME+VERSION.npy`` and its
+        ids), made from the rows the first time and again after any change: at 100,000
+        vectors, mapping it takes milliseconds where reading the rows takes a second.
+        The matrix may be a read-only memory map: copy it before changing it."""
+        info = self.require(name)
+        version = self._version(name)
+        cached = self._cached(name, version, info.dims)
+        if cached is not None:
+            return cached
+        ids, matrix = self._matrix_from_rows(name, info.dims)
+        self._write_cache(name, version, ids, matrix)
+        return ids, matrix
+
+    def _version(self, name: str) -> int:
+        row = self.conn.execute("SELECT version FROM collections WHERE name = ?",
+                                (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _cache_dir(self) -> Path:
+        return self.path.with_name(self.path.stem + ".cache")
+
+    def _cached(self, name: str, version: int, dims: int
+                ) -> tuple[list[str], npt.NDArray[np.float32]] | None:
+        import json
+
         import numpy as np
 
-        info = self.require(name)
+        base = self._cache_dir() / f"{name}+{version}"
+        try:
+            ids = json.loads(Path(f"{base}.ids.json").read_text(encoding="utf-8"))
+            matrix = np.load(f"{base}.npy", mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(ids, list) or matrix.dtype != np.float32 or \
+                matrix.shape != (len(ids), dims):
+            return None
+        return [str(i) for i in ids], matrix
+
+    def _write_cache(self, name: str, version: int, ids: list[str],
+                     matrix: npt.NDArray[np.float32]) -> None:
+        """Best effort: a cache that cannot be written only costs speed."""
+        import json
+        import os
+        import tempfile
+
+        import numpy as np
+
+        folder = self._cache_dir()
+        base = folder / f"{name}+{version}"  # '+' is in no collection name
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(f"{name}+*"):
+                stale.unlink(missing_ok=True)
+            for suffix, write in ((".ids.json", lambda f: f.write(json.dumps(ids).encode())),
+                                  (".npy", lambda f: np.save(f, matrix, allow_pickle=False))):
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
+                with os.fdopen(fd, "wb") as handle:
+                    write(handle)
+                os.replace(tmp, f"{base}{suffix}")
+        except OSError:
+            return
+
+    def _matrix_from_rows(self, name: str, dims: int
+                          ) -> tuple[list[str], npt.NDArray[np.float32]]:
+        import numpy as np
+
         ids: list[str] = []
         blobs: list[bytes] = []
         for item_id, blob in self.conn.execute(
                 "SELECT id, vector FROM items WHERE collection = ? ORDER BY rowid", (name,)):
             ids.append(item_id)
             blobs.append(blob)
-        if any(len(b) != 4 * info.dims for b in blobs):
+        if any(len(b) != 4 * dims for b in blobs):
             raise TermlmError(f"collection {name!r} has a damaged vector")
-        matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), info.dims)
+        matrix = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(ids), dims)
         return ids, matrix.astype(np.float32, copy=False)
 
     def texts(self, name: str, ids: Sequence[str]) -> dict[str, str]:
