@@ -1,22 +1,70 @@
-"""`termlm qa` end to end on the FakeEngine: indexing, answers, citations, batch, bad input."""
+"""`termlm qa` end to end on the FakeEngine: indexing, answers, citations, batch, bad input.
+
+These run with no embedding model to be had (so BM25 ranks, after a notice);
+hybrid and vector retrieval on the FakeEmbedder are in test_qa_hybrid.py.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from termlm.cli import app
+from termlm.cli.common import AppState
 from termlm.engine.fake import FakeEngine
 from termlm.engine.types import ChatRequest, Completion
+from termlm.errors import ModelMissing
 
-from .conftest import Cli
+from .conftest import Result
 
 FACT = "The Zorblax reactor was commissioned in 1987 in Tromsø."
 Q = "When was the Zorblax reactor commissioned?"
 SWALLOW = "What is the airspeed of an unladen swallow?"
+
+
+NO_EMBEDDER = "no embedding model (model 'minilm' is not downloaded and offline mode is on)"
+
+
+def unavailable(settings: Any, pooling: str | None) -> Any:
+    raise ModelMissing("model 'minilm' is not downloaded and offline mode is on")
+
+
+class Cli:
+    """The real Typer app in-process, with a FakeEngine and an embedder factory behind it
+    (by default one with no model to give, as offline before minilm is pulled)."""
+
+    def __init__(self, engine: FakeEngine,
+                 embedder: Callable[[Any, str | None], Any] = unavailable) -> None:
+        self.engine = engine
+        self.embedder = embedder
+        self.settings_seen: list[object] = []
+        self.embedders_opened = 0
+
+    def __call__(self, *args: str, input: str | bytes | None = None) -> Result:
+        def engines(settings: Any) -> FakeEngine:
+            self.settings_seen.append(settings)
+            return self.engine
+
+        def embedders(settings: Any, pooling: str | None) -> Any:
+            self.embedders_opened += 1
+            return self.embedder(settings, pooling)
+
+        result = CliRunner().invoke(app, list(args), input=input, obj=AppState(
+            engine_factory=engines, embedder_factory=embedders))
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return Result(result.exit_code, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def cli(fake_engine: FakeEngine) -> Cli:
+    return Cli(fake_engine)
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +117,7 @@ def test_answer_with_citation_on_a_pipe(cli: Cli, fake_engine: FakeEngine) -> No
     assert "[docs/sub/reactor.md:1-7]\n# Plant history" in prompt  # the whole small file
     assert FACT in prompt and Q in prompt
     assert "index: 2 files" in result.stderr  # talk goes to stderr
+    assert NO_EMBEDDER + ": ranking passages by BM25 only" in result.stderr
 
 
 def test_json_citations_point_at_given_passages_and_real_lines(cli: Cli,
@@ -80,7 +129,10 @@ def test_json_citations_point_at_given_passages_and_real_lines(cli: Cli,
     result = cli("qa", "--docs", "docs", "--json", Q)
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
-    assert set(out) == {"question", "answer", "found", "citations"}
+    assert set(out) == {"question", "answer", "found", "citations", "retrieval", "passages"}
+    assert out["retrieval"] == "bm25"
+    assert [(p["path"], p["bm25_rank"], p["cosine"]) for p in out["passages"]] == [
+        ("docs/sub/reactor.md", 1, None)]
     assert out["found"] is True and out["question"] == Q
     assert [(c["path"], c["start"], c["end"]) for c in out["citations"]] == [
         ("docs/sub/reactor.md", 5, 5), ("docs/sub/reactor.md", 3, 7)]
@@ -105,7 +157,8 @@ def test_unanswerable_question_does_not_call_the_model(cli: Cli,
     result = cli("qa", "--docs", "docs", "--json", SWALLOW)
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout) == {"question": SWALLOW, "found": False, "citations": [],
-                                         "answer": "The documents don't contain the answer."}
+                                         "answer": "The documents don't contain the answer.",
+                                         "retrieval": "bm25", "passages": []}
     assert fake_engine.requests == [] and cli.settings_seen == []  # no model even loaded
     plain = cli("qa", "--docs", "docs", SWALLOW)
     assert plain.stdout == "The documents don't contain the answer.\n"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -29,16 +30,28 @@ from termlm.cli.records_opts import (
     RecordArgs,
     ResumeOpt,
 )
-from termlm.errors import ExitCode, InputError, TemplateError, UsageError
+from termlm.errors import ExitCode, InputError, TemplateError, TermlmError, UsageError
+from termlm.qa.retrieval import DEFAULT_MIN_SIMILARITY, Mode  # small: no numpy, no model
 
 if TYPE_CHECKING:
     from termlm.cli.common import AppState
+    from termlm.engine.embedding import Embedder
     from termlm.qa.answer import Answer, QaTask
     from termlm.qa.chunking import ChunkSpec
     from termlm.qa.index import Index
+    from termlm.qa.retrieval import Ranker
+    from termlm.qa.vectors import ChunkVectors
 
 _USAGE = 'termlm qa --docs notes/ "When was the reactor commissioned?"'
 COLUMNS = ["id", "question", "answer", "found", "citations"]
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    retrieval: Mode | None  # None: hybrid when an embedding model is available
+    embed_model: str | None
+    min_score: float
+    min_similarity: float | None
 
 
 @handles_errors
@@ -59,9 +72,22 @@ def qa(
     model: ModelOpt = None,
     top_k: Annotated[int, typer.Option(
         "--top-k", min=1, help="Most passages to give the model.")] = 4,
+    retrieval: Annotated[Mode | None, typer.Option(
+        "--retrieval", help="How passages are found: bm25 (shared words), vector (embedding "
+        "similarity) or hybrid (both, fused by rank). Default: hybrid when an embedding model "
+        "is available (pulled, or can be), else bm25.", show_default=False)] = None,
+    min_similarity: Annotated[float | None, typer.Option(
+        "--min-similarity", min=-1.0, max=1.0, help="vector and hybrid: the cosine similarity "
+        "to the question a passage needs to count; when none has it, the answer is not found. "
+        f"Default {DEFAULT_MIN_SIMILARITY} (calibrated for minilm).", show_default=False)
+    ] = None,
     min_score: Annotated[float, typer.Option(
-        "--min-score", min=0.0, max=1.0, help="How much of the question (its words, weighted "
-        "by rarity) a passage must contain to count; below it, the answer is not found.")] = 0.35,
+        "--min-score", min=0.0, max=1.0, help="bm25: how much of the question (its words, "
+        "weighted by rarity) a passage must contain to count; below it, the answer is not "
+        "found.")] = 0.35,
+    embed_model: Annotated[str | None, typer.Option(
+        "--embed-model", help="Embedding model for vector and hybrid retrieval (default: "
+        "minilm, or embed_model in the config).", show_default=False)] = None,
     chunk_words: Annotated[int, typer.Option(
         "--chunk-words", min=10, help="Words per indexed chunk.")] = 120,
     overlap: Annotated[float, typer.Option(
@@ -81,10 +107,10 @@ def qa(
 ) -> None:
     """Answer questions from your documents, citing [path:start-end].
 
-    The documents are indexed (SQLite full-text search, in the cache directory,
-    updated only where files changed); the best passages go to the model, and
-    only citations of passages it was given are kept. When nothing relevant is
-    found, the answer says so and the model is not asked.
+    The documents are indexed (SQLite full-text search and embeddings, in the
+    cache directory, updated only where files changed); the best passages go to
+    the model, and only citations of passages it was given are kept. When nothing
+    relevant is found, the answer says so and the model is not asked.
 
     Example: termlm qa --docs notes/ "When was the reactor commissioned?"
     """
@@ -106,9 +132,13 @@ def qa(
         raise UsageError("--docs takes files, directories or globs, not stdin (-)")
     if questions is None and (output is not None or resume or parallel is not None):
         raise UsageError("-o, --resume and --parallel go with --questions FILE")
-    task = _task(_open_index(paths, glob, ChunkSpec(chunk_words, overlap), reindex),
-                 temperature, max_tokens, top_k, min_score)
+    rank = RankOptions(retrieval, embed_model, min_score, min_similarity)
+    index = _open_index(paths, glob, ChunkSpec(chunk_words, overlap), reindex)
+    embedder: Embedder | None = None
     try:
+        task = _task(index, temperature, max_tokens, top_k, min_score)
+        ranker, embedder = _ranker(state(ctx), index, rank)
+        task = replace(task, ranker=ranker)
         if questions is not None:
             _batch(state(ctx), model, task, questions, output, output_format, resume,
                    fail_fast, limit, progress, parallel)
@@ -120,7 +150,9 @@ def qa(
                 _one(state(ctx), model, task, question.strip(), as_json)
                 run.counts = {"ok": 1}
     finally:
-        task.index.close()
+        index.close()
+        if embedder is not None:
+            embedder.close()
     raise typer.Exit(int(ExitCode.OK))
 
 
@@ -153,22 +185,57 @@ def _task(index: Index, temperature: float | None, max_tokens: int | None, top_k
     from termlm.prompts import load_template, variables_in
     from termlm.qa.answer import QaTask
 
-    try:
-        template = load_template("qa")
-        names = set(variables_in(template.user, "template 'qa'"))
-        if names != {"question", "context"}:
-            raise TemplateError("template 'qa' must use exactly {question} and {context}",
-                                hint=f"it uses: {', '.join(sorted(names)) or 'nothing'}")
-    except BaseException:
-        index.close()
-        raise
+    template = load_template("qa")
+    names = set(variables_in(template.user, "template 'qa'"))
+    if names != {"question", "context"}:
+        raise TemplateError("template 'qa' must use exactly {question} and {context}",
+                            hint=f"it uses: {', '.join(sorted(names)) or 'nothing'}")
     sampling = template.sampling().override(temperature=temperature, max_tokens=max_tokens)
     return QaTask(index, template, sampling, top_k=top_k, min_score=min_score)
 
 
-def _one(st: AppState, model: str | None, task: QaTask, question: str, as_json: bool) -> None:
-    from dataclasses import replace
+def _ranker(st: AppState, index: Index, rank: RankOptions) -> tuple[Ranker, Embedder | None]:
+    """How this run finds passages (see ``termlm.qa.retrieval.choose_mode``), with the
+    chunk vectors brought up to date when it uses them."""
+    from termlm.output import notice
+    from termlm.qa.retrieval import Ranker, choose_mode
+    from termlm.qa.vectors import ChunkVectors
 
+    settings = st.settings(embed_model=rank.embed_model)
+    requested = rank.retrieval
+    mode, embedder = choose_mode(requested, lambda: st.open_embedder(settings), notice)
+    if embedder is None:
+        return Ranker(index, mode, min_score=rank.min_score), None
+    try:
+        vectors = ChunkVectors(index, embedder)
+        _embed(vectors)
+    except TermlmError as exc:  # e.g. a server with no /v1/embeddings
+        embedder.close()
+        if requested is not None:
+            raise
+        notice(f"cannot embed the passages ({exc.message}): ranking passages by BM25 only")
+        return Ranker(index, Mode.bm25, min_score=rank.min_score), None
+    except BaseException:
+        embedder.close()
+        raise
+    threshold = DEFAULT_MIN_SIMILARITY if rank.min_similarity is None else rank.min_similarity
+    return Ranker(index, mode, vectors, min_score=rank.min_score,
+                  min_similarity=threshold), embedder
+
+
+def _embed(vectors: ChunkVectors) -> None:
+    """Embed the passages that have no vector yet (a spinner on a terminal); each batch
+    is kept as it is done, so Ctrl-C loses at most the one in progress."""
+    from termlm.activity import Activity
+    from termlm.output import notice, plural
+
+    with Activity() as activity:
+        done = vectors.update(activity.say)
+    if done:
+        notice(f"vectors: {plural(done, 'passage')} embedded with {vectors.name}")
+
+
+def _one(st: AppState, model: str | None, task: QaTask, question: str, as_json: bool) -> None:
     from termlm.qa.answer import build_messages, not_found
 
     passages = task.retrieve(question)
@@ -188,20 +255,18 @@ def _one(st: AppState, model: str | None, task: QaTask, question: str, as_json: 
             result = task.answer(engine, question, passages)
         finally:
             engine.close()
-    _show(result, as_json)
+    _show(result, as_json, task.retrieval)
 
 
 def _with_seed(task: QaTask, seed: int) -> QaTask:
-    from dataclasses import replace
-
     return replace(task, sampling=task.sampling.with_(seed=seed))
 
 
-def _show(result: Answer, as_json: bool) -> None:
+def _show(result: Answer, as_json: bool, retrieval: Mode) -> None:
     from termlm.output import is_tty, no_color, out_console
 
     if as_json:
-        sys.stdout.write(json.dumps(result.fields(), ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(result.report(retrieval), ensure_ascii=False) + "\n")
     elif is_tty(sys.stdout):
         from rich.markdown import Markdown
 

@@ -19,30 +19,18 @@ from termlm.errors import TermlmError
 from termlm.prompts import Template
 from termlm.qa.chunking import split_lines
 from termlm.qa.index import Index
+from termlm.qa.retrieval import DEFAULT_MIN_SCORE as DEFAULT_MIN_SCORE
+from termlm.qa.retrieval import Mode, Ranker
+from termlm.qa.retrieval import Passage as Passage  # re-exported: the answers' passages
 from termlm.records.types import Record
 from termlm.tasks.base import RecordError
 
 NOT_FOUND = "The documents don't contain the answer."
 DEFAULT_TOP_K = 4
-DEFAULT_MIN_SCORE = 0.35
 SNIPPET_CHARS = 240
 _CITE = re.compile(r"\[([^\[\]\n]{1,500}?):(\d{1,9})(?:\s*[-\u2013]\s*(\d{1,9}))?\]")
 _NOT_FOUND_RE = re.compile(r"documents? (?:do not|don't|does not|doesn't) contain (?:the|an|any)"
                            r" answer")
-
-
-@dataclass(frozen=True)
-class Passage:
-    key: str  # the file's real path
-    name: str  # the path as shown and cited
-    start: int
-    end: int
-    text: str
-    score: float
-
-    @property
-    def label(self) -> str:
-        return f"{self.name}:{self.start}-{self.end}"
 
 
 @dataclass(frozen=True)
@@ -63,10 +51,16 @@ class Answer:
     answer: str
     found: bool
     citations: tuple[Citation, ...] = ()
+    passages: tuple[Passage, ...] = ()  # what the model was given
 
     def fields(self) -> dict[str, Any]:
         return {"question": self.question, "answer": self.answer, "found": self.found,
                 "citations": [c.to_dict() for c in self.citations]}
+
+    def report(self, retrieval: Mode) -> dict[str, Any]:
+        """``fields`` with the retrieval used and the scores of the passages given."""
+        return {**self.fields(), "retrieval": retrieval.value,
+                "passages": [p.scores() for p in self.passages]}
 
 
 def not_found(question: str) -> Answer:
@@ -76,33 +70,37 @@ def not_found(question: str) -> Answer:
 # -- retrieval ----------------------------------------------------------------------------
 
 def retrieve(index: Index, question: str, *, top_k: int = DEFAULT_TOP_K,
-             min_score: float = DEFAULT_MIN_SCORE) -> list[Passage]:
+             min_score: float = DEFAULT_MIN_SCORE, ranker: Ranker | None = None
+             ) -> list[Passage]:
     """The best relevant passages, each checked against its file as it is now.
 
-    When a file has changed since it was indexed and its lines no longer hold
-    the passage, or is gone, it is indexed again (or dropped) and the search
-    runs once more; a passage that still does not check out is left out.
+    ``ranker`` finds and orders them (default: BM25 with ``min_score``). When a file
+    has changed since it was indexed and its lines no longer hold the passage, or is
+    gone, it is indexed again (or dropped) and the search runs once more; a passage
+    that still does not check out is left out.
     """
+    ranker = ranker or Ranker(index, Mode.bm25, min_score=min_score)
     stale: set[str] = set()
     for attempt in range(2):
         out: list[Passage] = []
         files: dict[str, list[str] | str] = {}
-        for hit in index.search(question):
+        for passage in ranker.candidates(question):
             if len(out) >= top_k:
                 break
-            if hit.coverage < min_score or hit.coverage <= 0.0 or hit.key in stale:
+            if passage.key in stale:
                 continue
-            if hit.key not in files:
-                files[hit.key] = _file_now(index, hit.key)
-            now = files[hit.key]
-            if now == "gone" or (isinstance(now, list)
-                                 and not _still_there(hit.text, now, hit.start, hit.end)):
-                stale.add(hit.key)
+            if passage.key not in files:
+                files[passage.key] = _file_now(index, passage.key)
+            now = files[passage.key]
+            if now == "gone" or (isinstance(now, list) and not _still_there(
+                    passage.text, now, passage.start, passage.end)):
+                stale.add(passage.key)
                 continue
-            out.append(Passage(hit.key, hit.name, hit.start, hit.end, hit.text, hit.coverage))
+            out.append(passage)
         if not stale or attempt:
             return out
         index.refresh(stale)
+        ranker.refreshed()
         stale.clear()  # refreshed: their new chunks may be searched (and are checked again)
     return out  # pragma: no cover - the loop returns
 
@@ -201,7 +199,7 @@ def finish(question: str, reply: str, given: list[Passage]) -> Answer:
     if not citations:
         citations = [Citation(p.name, p.start, p.end, _snippet(p, p.start, p.end))
                      for p in given]
-    return Answer(question, text, True, tuple(citations))
+    return Answer(question, text, True, tuple(citations), tuple(given))
 
 
 # -- the task -----------------------------------------------------------------------------
@@ -230,8 +228,13 @@ class QaTask:
     sampling: SamplingParams
     top_k: int = DEFAULT_TOP_K
     min_score: float = DEFAULT_MIN_SCORE
+    ranker: Ranker | None = None  # how passages are found (default: BM25, min_score)
     name: str = "qa"
     kind: str = "complete"
+
+    @property
+    def retrieval(self) -> Mode:
+        return self.ranker.mode if self.ranker is not None else Mode.bm25
 
     def messages(self, text: str, record: Record) -> tuple[Message, ...]:
         return build_messages(self.template, text.strip(), [])
@@ -240,7 +243,8 @@ class QaTask:
         return self.sampling.max_tokens
 
     def retrieve(self, question: str) -> list[Passage]:
-        return retrieve(self.index, question, top_k=self.top_k, min_score=self.min_score)
+        return retrieve(self.index, question, top_k=self.top_k, min_score=self.min_score,
+                        ranker=self.ranker)
 
     def ask(self, engine: Engine, question: str, passages: list[Passage]) -> QaRequest | Answer:
         """The model call for ``question`` over ``passages``, or the answer when there are

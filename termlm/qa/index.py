@@ -7,6 +7,9 @@ match the index is not read at all; one whose bytes hash the same is not
 chunked again; files that no longer exist are dropped. Searches only look at
 the files of the current run (its *scope*).
 
+The same file holds the chunks' embeddings (``termlm.qa.vectors``), keyed by
+each chunk's text hash and the embedding model.
+
 Questions never reach FTS5 as query syntax: they are cut into words, stopwords
 are dropped, and each word is quoted, so quotes, ``*``, ``NEAR`` or brackets
 in a question are just text.
@@ -30,10 +33,11 @@ from termlm import paths
 from termlm.errors import InputError, TermlmError
 from termlm.inputs import read_input_bytes, skip_reason
 from termlm.qa.chunking import ChunkSpec, chunk_text
+from termlm.qa.vectors import VECTOR_SCHEMA, chunk_hash, drop_orphans, migrate_v1
 from termlm.records.types import Source, Warn
 
 log = logging.getLogger("termlm.qa")
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: chunks.hash and chunk_vectors (1 is migrated)
 MAX_TERMS = 24
 BUSY_TIMEOUT_S = 60.0  # how long a run waits for another run's write to finish
 MAX_FILE_BYTES = 32 * 2**20  # bigger files (logs, dumps) are skipped, not read whole
@@ -59,7 +63,7 @@ CREATE TABLE IF NOT EXISTS files(
     sha256 TEXT NOT NULL, chunking TEXT NOT NULL, skipped TEXT);
 CREATE TABLE IF NOT EXISTS chunks(
     id INTEGER PRIMARY KEY, path TEXT NOT NULL, line_start INTEGER NOT NULL,
-    line_end INTEGER NOT NULL, text TEXT NOT NULL);
+    line_end INTEGER NOT NULL, text TEXT NOT NULL, hash TEXT);
 CREATE INDEX IF NOT EXISTS chunks_path ON chunks(path);
 CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
     text, content='chunks', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2');
@@ -247,11 +251,13 @@ class Index:
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
         except sqlite3.OperationalError:  # a new database
             row = None
-        if row is not None and row[0] != SCHEMA_VERSION:  # another layout: start afresh
-            for table in ("chunks_fts", "chunks", "files", "meta"):
+        if row is not None and row[0] == "1":
+            migrate_v1(conn, SCHEMA_VERSION)
+        elif row is not None and row[0] != SCHEMA_VERSION:  # another layout: start afresh
+            for table in ("chunk_vectors", "chunks_fts", "chunks", "files", "meta"):
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
-        conn.executescript(_SCHEMA)
-        if row is None or row[0] != SCHEMA_VERSION:
+        conn.executescript(_SCHEMA + VECTOR_SCHEMA)
+        if row is None or row[0] not in ("1", SCHEMA_VERSION):
             with conn:
                 conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)",
                              (SCHEMA_VERSION,))
@@ -297,6 +303,8 @@ class Index:
                 if pending >= _COMMIT_EVERY:
                     conn.commit()
                     pending = 0
+            if stats.read or stats.removed:
+                drop_orphans(conn)
             conn.commit()
             self._publish()
             conn = self.conn
@@ -371,8 +379,8 @@ class Index:
             return
         text = data.decode("utf-8-sig")
         self.conn.executemany(
-            "INSERT INTO chunks(path, line_start, line_end, text) VALUES (?, ?, ?, ?)",
-            [(key, c.start, c.end, c.text) for c in chunk_text(text, spec)])
+            "INSERT INTO chunks(path, line_start, line_end, text, hash) VALUES (?, ?, ?, ?, ?)",
+            [(key, c.start, c.end, c.text, chunk_hash(c.text)) for c in chunk_text(text, spec)])
         stats.indexed += 1
 
     def _drop(self, key: str) -> None:
@@ -396,6 +404,18 @@ class Index:
                                    None)
 
     # -- searching ----------------------------------------------------------------------
+
+    def chunks(self, ids: Iterable[int]) -> dict[int, tuple[str, str, int, int, str]]:
+        """Chunks by id: (key, name, start, end, text)."""
+        wanted = list(ids)
+        if not wanted:
+            return {}
+        marks = ",".join("?" * len(wanted))
+        rows = self.conn.execute(
+            f"SELECT id, path, line_start, line_end, text FROM chunks WHERE id IN ({marks})",
+            wanted).fetchall()
+        return {int(r[0]): (str(r[1]), self.names.get(str(r[1]), str(r[1])), int(r[2]),
+                            int(r[3]), str(r[4])) for r in rows}
 
     def search(self, question: str, limit: int = 24) -> list[Hit]:
         """The chunks in scope that best match ``question``, best first (see ``Hit``)."""
