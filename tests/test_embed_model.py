@@ -89,3 +89,42 @@ def test_a_chat_model_is_refused_unless_pooled(tmp_path: Path) -> None:
 def test_an_embedding_model_is_refused_by_chat_commands() -> None:
     proc = termlm("ask", "-m", "minilm", "hi")
     assert proc.returncode == 2 and "is an embedding model" in proc.stderr
+
+
+TOPICS = {
+    "bread": ["Knead the dough for ten minutes until it is smooth.",
+              "Let the bread rise in a warm place for an hour.",
+              "Bake the loaf at 220 degrees until the crust is brown.",
+              "Add yeast and a pinch of sugar to warm water.",
+              "A sourdough starter needs flour and water every day."],
+    "space": ["The rocket launched from Cape Canaveral at dawn.",
+              "Astronauts aboard the space station ran experiments.",
+              "The probe sent back pictures of Jupiter's moons.",
+              "A new telescope will look for planets around other stars.",
+              "The lunar lander touched down near the south pole of the Moon."],
+    "football": ["The striker scored twice in the second half.",
+                 "The goalkeeper saved a penalty in the final minute.",
+                 "The team won the league after a draw on the last day.",
+                 "The coach changed the formation at half time.",
+                 "Fans filled the stadium for the cup final."],
+}
+
+
+def test_clearly_separated_topics_come_out_as_separate_clusters(tmp_path: Path) -> None:
+    records = tmp_path / "mixed.jsonl"
+    rows = [{"id": f"{topic}-{i}", "text": text, "topic": topic}
+            for i in range(5) for topic, texts in TOPICS.items() for text in [texts[i]]]
+    records.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    summary = tmp_path / "topics.json"
+    proc = termlm("cluster", str(records), "--gold-field", "topic", "--no-labels",
+                  "--summary-json", str(summary))
+    assert proc.returncode == 0, proc.stderr
+    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [o["id"] for o in out] == [r["id"] for r in rows]
+    by_topic: dict[str, set[int]] = {}
+    for row, line in zip(rows, out, strict=True):
+        by_topic.setdefault(row["topic"], set()).add(line["cluster"])
+    assert all(len(clusters) == 1 for clusters in by_topic.values()), by_topic
+    assert len({next(iter(c)) for c in by_topic.values()}) == 3
+    report = json.loads(summary.read_text(encoding="utf-8"))
+    assert report["k"] == 3 and report["gold"]["ari"] == 1.0

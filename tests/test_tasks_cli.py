@@ -971,3 +971,63 @@ def test_reading_stdin_from_a_terminal_says_so(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(termlm.inputs, "stdin_is_tty", lambda: False)
     quiet = with_engine(FakeEngine())("batch", "-p", "{text}", input="one\n")
     assert "reading stdin" not in quiet.stderr
+
+
+# -- classify --labels-from (termlm cluster's --summary-json, or a JSON list) ------------
+
+SUMMARY = {"clusters": [
+    {"cluster": 0, "label": "baking bread", "size": 6, "examples": ["knead the dough"]},
+    {"cluster": 1, "label": "space travel", "size": 5, "examples": ["rocket launch"]},
+    {"cluster": None, "label": "(outliers)", "size": 1, "examples": ["zebra"]},
+], "k": 2, "method": "density", "silhouette": 0.5}
+
+
+def test_labels_from_a_cluster_summary_leave_out_the_outliers(cli: Cli) -> None:
+    write("topics.json", json.dumps(SUMMARY))
+    result = cli("classify", "--labels-from", "topics.json", input="a rocket to the moon\n")
+    assert result.exit_code == 0, result.stderr
+    [request] = scorings(cli.engine)
+    assert request.continuations == ("baking bread", "space travel")
+    assert parse(result.stdout)[0]["label"] in request.continuations
+
+
+def test_labels_from_a_json_list(cli: Cli) -> None:
+    write("labels.json", '["yes", " no ", "1.0"]')
+    result = cli("classify", "--labels-from", "labels.json", input="x\n")
+    assert result.exit_code == 0, result.stderr
+    assert scorings(cli.engine)[0].continuations == ("yes", "no", "1.0")
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ('["a", "b"', "is not valid JSON"),
+    ('{"labels": ["a", "b"]}', "must be a JSON list of labels or termlm cluster's"),
+    ('"a,b"', "must be a JSON list"),
+    ('{"clusters": ["a", "b"]}', "must be a JSON list"),
+    ("[]", "has 0 labels: give at least two"),
+    ('{"clusters": [{"cluster": 0, "label": "a"}, {"cluster": null, "label": "(outliers)"}]}',
+     "has 1 label: give at least two"),
+    ('["a", 2]', "every label must be non-empty text"),
+    ('["a", " "]', "every label must be non-empty text"),
+    ('["a", "A"]', "listed twice"),
+])
+def test_bad_labels_from_files(cli: Cli, content: str, message: str) -> None:
+    write("labels.json", content)
+    result = cli("classify", "--labels-from", "labels.json", input="x\n")
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 2  # one line (and a hint)
+    assert "labels.json" in result.stderr or message == "listed twice"
+    assert cli.engine.requests == []
+
+
+def test_labels_from_is_exclusive_and_must_exist(cli: Cli) -> None:
+    write("labels.json", '["a", "b"]')
+    both = cli("classify", "--labels", "a,b", "--labels-from", "labels.json", input="x\n")
+    assert both.exit_code == 2
+    assert "not --labels and --labels-from" in both.stderr
+    write("labels.yaml", "- a\n- b\n")
+    other = cli("classify", "--labels-file", "labels.yaml", "--labels-from", "labels.json",
+                input="x\n")
+    assert other.exit_code == 2
+    missing = cli("classify", "--labels-from", "nope.json", input="x\n")
+    assert missing.exit_code == 2 and "nope.json" in missing.stderr

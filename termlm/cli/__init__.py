@@ -124,6 +124,9 @@ def _register() -> None:
 
     app.command("embed")(embed_cmd.embed)
     app.command("similar")(embed_cmd.similar)
+    from termlm.cli import cluster_cmd
+
+    app.command("cluster")(cluster_cmd.cluster)
     from termlm.cli import logs_cmd
 
     app.add_typer(logs_cmd.app, name="logs")

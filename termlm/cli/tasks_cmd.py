@@ -134,6 +134,9 @@ def classify(
     labels_file: Annotated[Path | None, typer.Option(
         "--labels-file", help="YAML: label -> description (or {description, examples}).",
         show_default=False)] = None,
+    labels_from: Annotated[Path | None, typer.Option(
+        "--labels-from", help="JSON: a list of labels, or the --summary-json of termlm "
+        "cluster (its clusters' labels).", show_default=False)] = None,
     multi_label: Annotated[bool, typer.Option("--multi-label", help="Also output every label "
                                               "whose probability reaches --threshold.")] = False,
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
@@ -174,12 +177,26 @@ def classify(
     Example: termlm classify --labels positive,negative reviews.jsonl -o labels.jsonl
     """
     from termlm.prompts import load_template
-    from termlm.tasks.classify import ClassifyTask, load_labels_file, parse_labels
+    from termlm.tasks.classify import (
+        ClassifyTask,
+        load_labels_file,
+        load_labels_json,
+        parse_labels,
+    )
     from termlm.tasks.metrics import GoldReport, render_report
 
-    if (labels is None) == (labels_file is None):
-        raise UsageError("give --labels a,b,c or --labels-file FILE (one of them)")
-    label_list = parse_labels(labels) if labels is not None else load_labels_file(labels_file)  # type: ignore[arg-type]
+    given = [flag for flag, value in (("--labels", labels), ("--labels-file", labels_file),
+                                      ("--labels-from", labels_from)) if value is not None]
+    if len(given) != 1:
+        raise UsageError("give --labels a,b,c, --labels-file FILE or --labels-from FILE.json "
+                         "(one of them)" + (f", not {' and '.join(given)}" if given else ""))
+    if labels is not None:
+        label_list = parse_labels(labels)
+    elif labels_file is not None:
+        label_list = load_labels_file(labels_file)
+    else:
+        assert labels_from is not None
+        label_list = load_labels_json(labels_from)
     if report is not None and gold_field is None:
         raise UsageError("--report needs --gold-field")
     task = ClassifyTask(tuple(label_list), load_template(template or "classify"),

@@ -71,6 +71,39 @@ def load_labels_file(path: Path) -> list[Label]:
     return _checked(labels)
 
 
+def load_labels_json(path: Path) -> list[Label]:
+    """Labels from JSON: a list of strings, or ``termlm cluster --summary-json``'s file
+    (its clusters' labels, in order; the outliers entry, ``cluster: null``, left out)."""
+    import json
+
+    try:
+        data = json.loads(read_text_input(path))
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such labels file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read labels file {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"labels file {path} is not valid JSON (line {exc.lineno}: "
+                         f"{exc.msg})") from None
+    shape = f"labels file {path} must be a JSON list of labels or termlm cluster's " \
+        "--summary-json"
+    if isinstance(data, dict):
+        clusters = data.get("clusters")
+        if not isinstance(clusters, list) or not all(isinstance(c, dict) for c in clusters):
+            raise UsageError(shape)
+        names = [c.get("label") for c in clusters if c.get("cluster") is not None]
+    elif isinstance(data, list):
+        names = data
+    else:
+        raise UsageError(shape)
+    if not all(isinstance(name, str) and name.strip() for name in names):
+        raise UsageError(f"labels file {path}: every label must be non-empty text")
+    if len(names) < 2:
+        raise UsageError(f"labels file {path} has {len(names)} label"
+                         f"{'' if len(names) == 1 else 's'}: give at least two")
+    return _checked([Label(name.strip()) for name in names])
+
+
 def _checked(labels: list[Label]) -> list[Label]:
     names = [label.name for label in labels]
     if len(names) < 2 or any(not n for n in names):
