@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,3 +113,24 @@ def test_many_texts_go_out_concurrently(serve: Callable[[Handler], FakeServer]) 
     out = embed_texts(embedder, texts)
     assert len(out) == 200
     assert server.max_in_flight >= 2
+
+
+def test_termlm_embed_with_engine_openai(serve: Callable[[Handler], FakeServer],  # noqa: F811
+                                          tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from termlm.cli import app
+
+    server = serve(embeddings)
+    source = tmp_path / "t.txt"
+    source.write_text("first text\nsecond\n", encoding="utf-8")
+    result = CliRunner().invoke(app, ["--engine", "openai", "--base-url", server.url, "embed",
+                                      str(source), "-c", "remote"])
+    assert result.exit_code == 0, result.output
+    assert "2 embedded" in result.stderr
+    listed = CliRunner().invoke(app, ["embed", "--list", "--json"])
+    info = json.loads(listed.stdout)
+    assert info["model"] == "fake-model" and info["dims"] == 3 and info["records"] == 2
+    found = CliRunner().invoke(app, ["--engine", "openai", "--base-url", server.url, "similar",
+                                     "remote", "first text", "--json", "-n", "1"])
+    assert json.loads(found.stdout)["id"] == "1"
