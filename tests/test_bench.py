@@ -18,14 +18,18 @@ GUARDED = ROOT / "scripts" / "llama_guarded.py"
 
 def test_bench_smoke_run_produces_the_table(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    # every case but embed, whose baseline (sentence-transformers, torch) is never installed
+    # in termlm's venv: the next test runs it against a stand-in
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--records", "6",
-                           "--repeat", "1", "--parallel", "2", "--json", str(out)],
+                           "--repeat", "1", "--parallel", "2", "--json", str(out), "--cases",
+                           "classify,translate,generate,cold-start,threads,similar,cluster"],
                           capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr
     table = proc.stdout
     for row in ("classify-6: records/s", "classify-6: valid labels",
                 "classify-6: tokens evaluated per record", "translate-6: requests/s",
-                "single-stream generation", "cold start", "default threads"):
+                "single-stream generation", "cold start", "default threads",
+                "similar at 100,000 vectors", "cluster 10,000 vectors"):
         assert row in table, table
     data = json.loads(out.read_text())
     assert data["classify"]["termlm"]["valid_labels"] == 1.0
@@ -37,6 +41,29 @@ def test_bench_smoke_run_produces_the_table(tmp_path: Path) -> None:
     threads = data["threads_case"]
     assert set(threads["by_threads"]) == {str(k) for k in range(1, (os.cpu_count() or 1) + 1)}
     assert threads["default_tok_per_s"] > 0 and threads["ratio"] > 0
+    assert data["similar"]["search_ms"] > 0 and data["similar"]["ids"] == 100_000
+    assert data["cluster"]["auto_k"] == 8
+
+
+def test_bench_embed_case_with_a_stand_in_baseline(tmp_path: Path) -> None:
+    """The embed case's plumbing: termlm's side for real (minilm), the baseline a stub that
+    answers like the sentence-transformers side (which needs torch, never installed here)."""
+    stub = tmp_path / "st-python"
+    stub.write_text("#!/bin/sh\necho '{\"seconds\": 2.0, \"n\": 320, \"similar\": 0.6, "
+                    "\"unrelated\": 0.0}'\n")
+    stub.chmod(0o755)
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "BENCH_ST_PYTHON": str(stub)}
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench"), "--cases", "embed",
+                           "--repeat", "1", "--json", str(out)], capture_output=True,
+                          text=True, timeout=900, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "embed-320: texts/s (vs sentence-transformers, same weights)" in proc.stdout
+    embed = json.loads(out.read_text())["embed"]
+    assert embed["st_texts_per_s"] == 160.0 and embed["termlm_texts_per_s"] > 0
+    assert embed["per_round"]["rounds"] == 3
+    similar, unrelated = embed["termlm_similar_unrelated"]
+    assert similar > unrelated + 0.3
 
 
 def test_bench_llama_server_row_with_a_stand_in_server(tmp_path: Path) -> None:

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from termlm.engine.embedding import EmbedInfo, check_pooling, normalise
-from termlm.engine.llama_common import Vocab, bindings, resolve_gpu_layers, route_llama_logs
+from termlm.engine.llama_common import (
+    Vocab,
+    bindings,
+    free_native,
+    new_batch,
+    resolve_gpu_layers,
+    route_llama_logs,
+)
 from termlm.errors import EngineError, UsageError
 from termlm.sysinfo import default_threads
 
@@ -125,15 +132,10 @@ class LlamaEmbedder:
         self.n_batch = int(lib.llama_n_batch(self.ctx))
         self.n_seq = int(lib.llama_n_seq_max(self.ctx))
         self._mem = lib.llama_get_memory(self.ctx)
-        batch = self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        cap = self.n_batch
-        self._tok = ctypes.cast(batch.token, ctypes.POINTER(ctypes.c_int32 * cap)).contents
-        self._pos = ctypes.cast(batch.pos, ctypes.POINTER(ctypes.c_int32 * cap)).contents
-        self._out = ctypes.cast(batch.logits, ctypes.POINTER(ctypes.c_int8 * cap)).contents
-        n_seq_id = ctypes.cast(batch.n_seq_id, ctypes.POINTER(ctypes.c_int32 * cap)).contents
-        n_seq_id[:] = [1] * cap
-        self._out[:] = [1] * cap  # embeddings want every token as an output
-        self._seq = [batch.seq_id[i] for i in range(cap)]
+        views = new_batch(lib, self.n_batch)
+        self._batch = views.raw
+        self._tok, self._pos, self._seq = views.tok, views.pos, views.seq
+        views.out[:] = [1] * self.n_batch  # embeddings want every token as an output
 
     # -- the Embedder protocol ------------------------------------------------
     @property
@@ -204,12 +206,4 @@ class LlamaEmbedder:
         vocab = getattr(self, "_vocab", None)
         if vocab is not None:
             vocab.close()
-        if self._batch is not None:
-            lib.llama_batch_free(self._batch)
-            self._batch = None
-        if self.ctx:
-            lib.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            lib.llama_model_free(self.model)
-            self.model = None
+        free_native(lib, self)

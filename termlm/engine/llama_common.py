@@ -14,6 +14,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from termlm.engine.types import PLAIN_FORMAT, Message, SamplingParams, ScoreRequest, TurnFormat
@@ -436,6 +437,42 @@ def _penalty_prefilter(sampling: SamplingParams, grammar: bool) -> int:
     return sampling.top_k + _PENALTY_LAST_N if sampling.top_k > 0 else 0
 
 
+@dataclass
+class Batch:
+    """A ``llama_batch`` of ``cap`` tokens, one sequence id each, with typed views."""
+
+    raw: Any
+    tok: Any  # c_int32 * cap: the token ids
+    pos: Any  # c_int32 * cap: their positions
+    out: Any  # c_int8 * cap: whether each gives an output (logits, embeddings)
+    seq: list[Any]  # each token's sequence id (a c_int32 pointer: seq[i][0] = seq)
+
+
+def new_batch(lib: Any, cap: int) -> Batch:
+    raw = lib.llama_batch_init(cap, 0, 1)
+    n_seq_id = ctypes.cast(raw.n_seq_id, ctypes.POINTER(ctypes.c_int32 * cap)).contents
+    n_seq_id[:] = [1] * cap  # every token belongs to exactly one sequence
+    return Batch(raw,
+                 ctypes.cast(raw.token, ctypes.POINTER(ctypes.c_int32 * cap)).contents,
+                 ctypes.cast(raw.pos, ctypes.POINTER(ctypes.c_int32 * cap)).contents,
+                 ctypes.cast(raw.logits, ctypes.POINTER(ctypes.c_int8 * cap)).contents,
+                 [raw.seq_id[i] for i in range(cap)])
+
+
+def free_native(lib: Any, owner: Any) -> None:
+    """Free ``owner``'s ``_batch``, ``ctx`` and ``model`` (each once; later calls do
+    nothing), in that order: the batch and context before the model they belong to."""
+    if getattr(owner, "_batch", None) is not None:
+        lib.llama_batch_free(owner._batch)
+        owner._batch = None
+    if getattr(owner, "ctx", None):
+        lib.llama_free(owner.ctx)
+        owner.ctx = None
+    if getattr(owner, "model", None):
+        lib.llama_model_free(owner.model)
+        owner.model = None
+
+
 class NativeContext:
     """A model and a multi-sequence context on llama.cpp's low-level API.
 
@@ -487,14 +524,9 @@ class NativeContext:
         self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab_ptr))
         self._mem = lib.llama_get_memory(self.ctx)
         self.kv = KvMirror(n_seq_max, self.n_ctx, self.n_batch)
-        batch = self._batch = lib.llama_batch_init(self.n_batch, 0, 1)
-        cap = self.n_batch
-        self._tok = ctypes.cast(batch.token, ctypes.POINTER(ctypes.c_int32 * cap)).contents
-        self._pos = ctypes.cast(batch.pos, ctypes.POINTER(ctypes.c_int32 * cap)).contents
-        self._out = ctypes.cast(batch.logits, ctypes.POINTER(ctypes.c_int8 * cap)).contents
-        n_seq_id = ctypes.cast(batch.n_seq_id, ctypes.POINTER(ctypes.c_int32 * cap)).contents
-        n_seq_id[:] = [1] * cap  # every token belongs to exactly one sequence
-        self._seq = [batch.seq_id[i] for i in range(cap)]
+        views = new_batch(lib, self.n_batch)
+        self._batch = views.raw
+        self._tok, self._pos, self._out, self._seq = views.tok, views.pos, views.out, views.seq
         self._outputs: set[int] = set()  # batch indexes with logits after the last decode
         self._next_outputs: set[int] = set()
         self.n_decoded = 0  # tokens evaluated so far
@@ -646,13 +678,4 @@ class NativeContext:
             self._lib.llama_sampler_free(sampler)
 
     def close(self) -> None:
-        lib = self._lib
-        if self._batch is not None:
-            lib.llama_batch_free(self._batch)
-            self._batch = None
-        if self.ctx:
-            lib.llama_free(self.ctx)
-            self.ctx = None
-        if self.model:
-            lib.llama_model_free(self.model)
-            self.model = None
+        free_native(self._lib, self)
