@@ -452,3 +452,46 @@ def test_write_atomic_follows_a_symlink(tmp_path: Path) -> None:
     assert real.read_text() == "new\n"
     assert real.stat().st_mode & 0o777 == 0o600
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# ---------------------------------------------------------------- a FIFO as the output
+
+
+def test_a_fifo_output_with_no_reader_says_it_waits_then_writes(
+        tmp_path: Path, server: FakeServer) -> None:
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    inp = tmp_path / "in.txt"
+    inp.write_text("a\nb\n")
+    proc = subprocess.Popen(_termlm(*_remote(server), "batch", "-p", "{text}", str(inp),
+                                    "-o", str(fifo)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(tmp_path))
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # said before any reader comes: the run is not stuck
+    assert line.strip() == f"waiting for a reader on the FIFO {fifo}", line
+    with open(fifo, encoding="utf-8") as reader:
+        records = [json.loads(row) for row in reader]
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 0, err
+    assert [r["output"] for r in records] == ["echo a", "echo b"], records
+    assert out == ""
+
+
+def test_a_fifo_output_wait_ends_on_ctrl_c(tmp_path: Path, server: FakeServer) -> None:
+    import signal
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    inp = tmp_path / "in.txt"
+    inp.write_text("a\n")
+    proc = subprocess.Popen(_termlm(*_remote(server), "batch", "-p", "{text}", str(inp),
+                                    "-o", str(fifo)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(tmp_path))
+    assert proc.stderr is not None
+    assert "waiting for a reader" in proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT_S)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err

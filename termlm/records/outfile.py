@@ -28,12 +28,14 @@ locked, that the path still names the file it locked, and otherwise tries
 again.
 
 Other kinds of output (``/dev/null``, a FIFO, a terminal) are opened but not
-locked or resumed.
+locked or resumed. A FIFO with no reader yet is waited for, with a notice on
+stderr first (``waiting for a reader on the FIFO PATH``), not in silence.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
@@ -45,6 +47,7 @@ from typing import TextIO
 
 from termlm.errors import TermlmError, UsageError
 from termlm.fileio import cannot_write
+from termlm.output import notice
 from termlm.records.types import Source, Warn
 from termlm.records.writers import RecordWriter, WriterFormat, writer_for_file
 
@@ -148,7 +151,7 @@ def open_output(path: str | None, fmt: WriterFormat, *, append: bool = False,
     for _ in range(_TRIES):
         existed = os.path.exists(path)
         try:
-            fd = os.open(path, _OPEN_FLAGS, 0o666)
+            fd = _open(path, warn)
         except OSError as exc:
             raise cannot_write(path, exc) from None
         try:
@@ -165,6 +168,20 @@ def open_output(path: str | None, fmt: WriterFormat, *, append: bool = False,
             raise
         os.close(fd)
     raise OutputBusy(f"{path} keeps changing under another termlm run: try again")
+
+
+def _open(path: str, warn: Warn | None) -> int:
+    """``os.open`` that says so, rather than hanging silently, when the output is a
+    FIFO nobody reads yet (opening it waits for a reader; Ctrl-C stops the wait)."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        (warn or notice)(f"waiting for a reader on the FIFO {path}")
+        fd = os.open(path, _OPEN_FLAGS, 0o666)
+    os.set_blocking(fd, True)
+    return fd
 
 
 def _check_inputs(path: str, inputs: Sequence[Source], warn: Warn | None) -> list[Source]:
