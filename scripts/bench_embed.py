@@ -10,6 +10,9 @@ embed    320 distinct texts (sentences, pairs and paragraphs of 4 sentences, fro
          default .venv-bench/bin/python; made by `scripts/bench --setup-baselines`),
          never in termlm's. With LLAMA_SERVER=/path/to/llama-server, also
          llama-server's /v1/embeddings on the same GGUF, through termlm's client.
+         Also a Q8_0 copy (`termlm models quantize`) in the same rounds, with its
+         lowest cosine to the F16 vectors: int8 weights pay off only on a CPU with
+         int8 dot-product instructions (the row names those this CPU has).
 similar  a collection of 100,000 random unit vectors (384 dimensions): the time to
          load it (once per run: the first time after a change from the rows, later
          from the matrix cache) and the median time of a search (top 10), against
@@ -48,6 +51,9 @@ vectors = embed_texts(embedder, texts)
 seconds = time.perf_counter() - start
 probe = [e.vector for e in embed_texts(embedder, ["A man is playing a guitar.",
          "Someone plays an instrument.", "The stock market fell today."])]
+if len(sys.argv) > 4:  # keep the vectors, to compare two copies of the model
+    import numpy as np
+    np.save(sys.argv[4], np.stack([e.vector for e in vectors]))
 print(json.dumps({"seconds": seconds, "n": len(vectors),
                   "similar": float(probe[0] @ probe[1]), "unrelated": float(probe[0] @ probe[2])}))
 '''
@@ -143,13 +149,20 @@ def bench_embed(threads: int, repeat: int) -> dict[str, object]:
         folder = minilm_folder(tmp)
         texts_file = tmp / "texts.json"
         texts_file.write_text(json.dumps(data))
+        q8 = quantized_copy(gguf, tmp, threads)
         ours: list[dict[str, float]] = []
+        ours_q8: list[dict[str, float]] = []
         theirs: list[dict[str, float]] = []
-        for _ in range(repeat):
-            ours.append(_side([PY, "-c", TERMLM_SIDE, gguf, str(texts_file), str(threads)]))
+        for _ in range(repeat):  # the three side by side in each round
+            ours.append(_side([PY, "-c", TERMLM_SIDE, gguf, str(texts_file), str(threads),
+                               str(tmp / "f16.npy")]))
+            ours_q8.append(_side([PY, "-c", TERMLM_SIDE, q8, str(texts_file), str(threads),
+                                  str(tmp / "q8.npy")]))
             theirs.append(_side([ST_PYTHON, "-c", ST_SIDE, folder, str(texts_file),
                                  str(threads)]))
-        result: dict[str, object] = {"texts": len(data)}
+        result: dict[str, object] = {"texts": len(data), "cpu_int8": int8_features()}
+        result["q8_0"] = _versus(ours_q8, theirs, len(data))
+        result["q8_0"]["min_cosine_to_f16"] = _min_cosine(tmp / "f16.npy", tmp / "q8.npy")
         remote = os.environ.get("LLAMA_SERVER")
         if remote:
             result["llama_server"] = _bench_server(remote, gguf, texts_file, threads, repeat)
@@ -167,6 +180,45 @@ def bench_embed(threads: int, repeat: int) -> dict[str, object]:
                                  round(theirs[0]["unrelated"], 3)],
     })
     return result
+
+
+def quantized_copy(gguf: str, tmp: Path, threads: int) -> str:
+    """A Q8_0 copy of the F16 GGUF, by `termlm models quantize` (its alias goes to a
+    throwaway config): the int8 path, which is faster than F16 only where the CPU has
+    int8 dot-product instructions (AVX-VNNI, AVX512-VNNI) or a GPU does the work."""
+    out = tmp / "minilm-Q8_0.gguf"
+    env = {**os.environ, "TERMLM_CONFIG_DIR": str(tmp / "config")}
+    proc = subprocess.run([PY, "-m", "termlm", "models", "quantize", gguf, "Q8_0", "-o",
+                           str(out), "--name", "bench-minilm-q8", "--threads", str(threads)],
+                          env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"bench: termlm models quantize failed:\n{proc.stderr[-2000:]}")
+    return str(out)
+
+
+def int8_features() -> list[str]:
+    """The CPU's int8 dot-product and matrix extensions, as /proc/cpuinfo names them."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return sorted(flags & {"avx_vnni", "avx512_vnni", "amx_int8", "avx512_bf16", "amx_bf16"})
+
+
+def _versus(ours: list[dict[str, float]], theirs: list[dict[str, float]],
+            n: int) -> dict[str, object]:
+    best_ours = min(r["seconds"] for r in ours)
+    best_theirs = min(r["seconds"] for r in theirs)
+    rounds = [t["seconds"] / o["seconds"] for o, t in zip(ours, theirs, strict=True)]
+    return {"termlm_texts_per_s": round(n / best_ours, 1), "ratio": round(best_theirs / best_ours, 2),
+            "per_round": _spread(rounds)}
+
+
+def _min_cosine(a: Path, b: Path) -> float:
+    import numpy as np
+
+    x, y = np.load(a), np.load(b)
+    return round(float(np.min(np.sum(x * y, axis=1))), 4)
 
 
 def _bench_server(binary: str, gguf: str, texts_file: Path, threads: int,
@@ -278,6 +330,14 @@ def rows(results: dict[str, object]) -> list[str]:
         out.append(f"| embed: similar / unrelated pair cosine | "
                    f"{e['termlm_similar_unrelated'][0]} / {e['termlm_similar_unrelated'][1]} | "
                    f"{e['st_similar_unrelated'][0]} / {e['st_similar_unrelated'][1]} | | |")
+        q8 = e.get("q8_0")
+        if isinstance(q8, dict):
+            per = q8["per_round"]
+            flags = ", ".join(e.get("cpu_int8") or []) or "none"
+            out.append(f"| embed-{e['texts']}, Q8_0 copy (min cosine to F16 "
+                       f"{q8['min_cosine_to_f16']}; CPU int8 extensions: {flags}) | "
+                       f"{q8['termlm_texts_per_s']} | {e['st_texts_per_s']} | "
+                       f"**{q8['ratio']}x** | {per['median']}x ({per['min']}-{per['max']}) |")
         ls = e.get("llama_server")
         if isinstance(ls, dict):
             out.append(f"| embed-{e['texts']}: texts/s (vs llama-server /v1/embeddings) | "

@@ -64,6 +64,10 @@ def test_bench_embed_case_with_a_stand_in_baseline(tmp_path: Path) -> None:
     assert embed["per_round"]["rounds"] == 3
     similar, unrelated = embed["termlm_similar_unrelated"]
     assert similar > unrelated + 0.3
+    q8 = embed["q8_0"]  # the Q8_0 copy, quantized for the run and measured in the same rounds
+    assert q8["termlm_texts_per_s"] > 0 and q8["per_round"]["rounds"] == 3
+    assert 0.99 < q8["min_cosine_to_f16"] <= 1.0001
+    assert "Q8_0 copy (min cosine to F16" in proc.stdout
 
 
 def test_bench_llama_server_row_with_a_stand_in_server(tmp_path: Path) -> None:
