@@ -161,19 +161,13 @@ def bench_embed(threads: int, repeat: int) -> dict[str, object]:
             theirs.append(_side([ST_PYTHON, "-c", ST_SIDE, folder, str(texts_file),
                                  str(threads)]))
         result: dict[str, object] = {"texts": len(data), "cpu_int8": int8_features()}
-        result["q8_0"] = _versus(ours_q8, theirs, len(data))
-        result["q8_0"]["min_cosine_to_f16"] = _min_cosine(tmp / "f16.npy", tmp / "q8.npy")
+        result["q8_0"] = {**_versus(ours_q8, theirs, len(data)),
+                          "min_cosine_to_f16": _min_cosine(tmp / "f16.npy", tmp / "q8.npy")}
         remote = os.environ.get("LLAMA_SERVER")
         if remote:
             result["llama_server"] = _bench_server(remote, gguf, texts_file, threads, repeat)
-    best_ours = min(r["seconds"] for r in ours)
-    best_theirs = min(r["seconds"] for r in theirs)
-    rounds = [t["seconds"] / o["seconds"] for o, t in zip(ours, theirs, strict=True)]
+    result.update(_versus(ours, theirs, len(data)))
     result.update({
-        "termlm_texts_per_s": round(len(data) / best_ours, 1),
-        "st_texts_per_s": round(len(data) / best_theirs, 1),
-        "ratio": round(best_theirs / best_ours, 2),
-        "per_round": _spread(rounds),
         "termlm_similar_unrelated": [round(ours[0]["similar"], 3),
                                      round(ours[0]["unrelated"], 3)],
         "st_similar_unrelated": [round(theirs[0]["similar"], 3),
@@ -210,8 +204,9 @@ def _versus(ours: list[dict[str, float]], theirs: list[dict[str, float]],
     best_ours = min(r["seconds"] for r in ours)
     best_theirs = min(r["seconds"] for r in theirs)
     rounds = [t["seconds"] / o["seconds"] for o, t in zip(ours, theirs, strict=True)]
-    return {"termlm_texts_per_s": round(n / best_ours, 1), "ratio": round(best_theirs / best_ours, 2),
-            "per_round": _spread(rounds)}
+    return {"termlm_texts_per_s": round(n / best_ours, 1),
+            "st_texts_per_s": round(n / best_theirs, 1),
+            "ratio": round(best_theirs / best_ours, 2), "per_round": _spread(rounds)}
 
 
 def _min_cosine(a: Path, b: Path) -> float:

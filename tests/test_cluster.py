@@ -1,6 +1,7 @@
 """termlm cluster on the FakeEmbedder (bag of words) and the FakeEngine (label replies).
 
-The real MiniLM model's test is in test_cluster_model.py."""
+The real MiniLM model's tests are in
+test_embed_model.py."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from termlm.engine.fake import FakeBatchingEngine, FakeEngine
 from termlm.engine.types import ChatRequest, ScoreRequest
 from termlm.errors import UsageError
 from termlm.vectors.cluster import ClusterOptions, cluster, parse_k_range
-from termlm.vectors.cluster_labels import clean_label, label_messages, unique
+from termlm.vectors.cluster_labels import clean_label, label_messages, label_template, unique
 from termlm.vectors.cluster_report import gold_scores
 
 from .conftest import Result
@@ -194,6 +195,62 @@ def test_member_texts_are_data_not_template_markup(run: Runs) -> None:
     assert result.exit_code == 0, result.stderr
     prompt = chats(run.engine)[0].messages[-1].content
     assert prompt.count(markup) == 5 and prompt.count("{texts}") == 5
+
+
+def _user_template(name: str, body: str) -> None:
+    import os
+
+    folder = Path(os.environ["TERMLM_CONFIG_DIR"]) / "prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.yaml").write_text(body, encoding="utf-8")
+
+
+def test_the_label_prompt_is_the_cluster_label_template(run: Runs) -> None:
+    result = run("cluster", write_jsonl("in.jsonl", topic_rows()), "-k", "3")
+    assert result.exit_code == 0, result.stderr
+    request = chats(run.engine)[0]
+    assert request.messages[0].role == "system" and "librarian" in request.messages[0].content
+    assert request.messages[-1].content.startswith("Texts from one group:\n\n1. ")
+    assert request.sampling.temperature == 0 and request.sampling.max_tokens == 24
+
+
+def test_a_user_cluster_label_template_replaces_the_builtin(run: Runs) -> None:
+    _user_template("cluster_label", "description: mine\nuser: 'Nomme le sujet : {texts}'\n"
+                   "defaults: {max_tokens: 8}\n")
+    result = run("cluster", write_jsonl("in.jsonl", topic_rows()), "-k", "3")
+    assert result.exit_code == 0, result.stderr
+    request = chats(run.engine)[0]
+    assert [m.role for m in request.messages] == ["user"]  # the template has no system
+    assert request.messages[0].content.startswith("Nomme le sujet : 1. ")
+    assert request.sampling.max_tokens == 8
+
+
+def test_label_template_names_another_template(run: Runs) -> None:
+    _user_template("short_names", "description: d\nsystem: One word.\nuser: '{texts}'\n")
+    result = run("cluster", write_jsonl("in.jsonl", topic_rows()), "-k", "3",
+                 "--label-template", "short_names")
+    assert result.exit_code == 0, result.stderr
+    assert chats(run.engine)[0].messages[0].content == "One word."
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("description: d\nuser: 'Name the topic.'\n", "has no {texts}"),
+    ("description: d\nuser: '{texts} in {language}'\n", "needs {language}"),
+])
+def test_a_label_template_that_cannot_work_is_refused_before_any_model(
+        run: Runs, body: str, message: str) -> None:
+    _user_template("bad_label", body)
+    result = run("cluster", write_jsonl("in.jsonl", topic_rows()), "--label-template",
+                 "bad_label")
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert run.engines_opened == 0
+
+
+def test_an_unknown_label_template_is_one_line(run: Runs) -> None:
+    result = run("cluster", write_jsonl("in.jsonl", topic_rows()), "--label-template", "nope")
+    assert result.exit_code == 1
+    assert "no template named 'nope'" in result.stderr and run.engines_opened == 0
 
 
 def test_no_labels_calls_no_chat_model(run: Runs) -> None:
@@ -379,7 +436,7 @@ def test_unique_numbers_clashes_ignoring_case() -> None:
 
 
 def test_label_prompt_cuts_long_texts() -> None:
-    messages = label_messages(["word " * 200])
+    messages = label_messages(label_template(), ["word " * 200])
     assert len(messages[-1].content) < 600 and "\u2026" in messages[-1].content
 
 
@@ -410,3 +467,26 @@ def test_silhouette_is_on_a_sample_for_many_records() -> None:
     points /= np.linalg.norm(points, axis=1, keepdims=True)
     result = cluster(points, ClusterOptions(k_range=(2, 3)))
     assert result.k in (2, 3) and set(result.tried) == {2, 3}
+
+
+def test_the_readme_label_template_example_makes_a_working_template() -> None:
+    """The README's French label template: its shell lines run as written, and the file
+    they write is a label template the cluster command accepts."""
+    import os
+    import re
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```sh\n(.*?)```", readme, flags=re.S)
+                if "labels_fr" in b]
+    import textwrap
+
+    setup = "\n".join(line for line in textwrap.dedent(block).splitlines()  # as rendered
+                      if not line.startswith("termlm cluster"))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run(["bash", "-euc", setup], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    template = label_template("labels_fr")
+    messages = label_messages(template, ["pain et levure", "four chaud"])
+    assert messages[-1].content == ("Donne un nom de 2 à 5 mots au sujet commun de ces "
+                                    "textes : 1. pain et levure\n2. four chaud")

@@ -64,6 +64,9 @@ def cluster(
         "--map", help="Draw the clusters on a 2-D map (PCA) on stderr.")] = False,
     no_labels: Annotated[bool, typer.Option(
         "--no-labels", help="Call no chat model: the labels are \"cluster N\".")] = False,
+    label_template: Annotated[str, typer.Option(
+        "--label-template", help="Template of the prompt that writes each label, with "
+        "{texts} (the cluster's central members, numbered).")] = "cluster_label",
     model: Annotated[str | None, typer.Option(
         "--model", "-m", help="Chat model that writes the labels: a catalog name, a local "
         "alias, a .gguf path, or hf:owner/repo/file.gguf.", show_default=False)] = None,
@@ -91,6 +94,7 @@ def cluster(
     from termlm.errors import UsageError
     from termlm.vectors.cluster import ClusterOptions, parse_k_range
     from termlm.vectors.cluster_cli import ClusterArgs, run
+    from termlm.vectors.cluster_labels import label_template as load_label_template
 
     if method is Method.density and (k is not None or k_range is not None):
         raise UsageError("-k and --k-range go with --method kmeans (density finds k itself)")
@@ -104,6 +108,7 @@ def cluster(
         input_format=input_format.value if input_format else None, text_field=text_field,
         id_field=id_field, per_file=per_file, encoding_errors=encoding_errors.value,
         limit=limit, progress=progress, output=output, summary_json=summary_json,
-        gold_field=gold_field, show_map=show_map, write_labels=not no_labels, model=model,
+        gold_field=gold_field, show_map=show_map, write_labels=not no_labels,
+        label_template=None if no_labels else load_label_template(label_template), model=model,
         embed_model=embed_model, pooling=pooling, options=options)
     raise typer.Exit(int(run(state(ctx), args)))

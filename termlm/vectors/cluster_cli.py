@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from termlm.cli.common import AppState
+    from termlm.prompts import Template
     from termlm.records.types import Record, Source
     from termlm.vectors.cluster import Clustering, Matrix
 
@@ -45,6 +46,7 @@ class ClusterArgs:
     gold_field: str | None
     show_map: bool
     write_labels: bool  # False: --no-labels
+    label_template: Template | None  # the prompt that writes labels (None: --no-labels)
     model: str | None  # the chat model, for labels
     embed_model: str | None
     pooling: str | None
@@ -141,7 +143,8 @@ def _labels(st: AppState, args: ClusterArgs, data: Data, result: Clustering) -> 
     engine = st.open_engine(st.settings(model=args.model), batch=True)
     try:
         started = time.perf_counter()
-        labels = label_clusters(engine, groups, seed=args.options.seed, warn=notice)
+        labels = label_clusters(engine, groups, template=args.label_template,
+                                seed=args.options.seed, warn=notice)
         notice(f"labelled {plural(result.k, 'cluster')} with {engine.info.name} in "
                f"{time.perf_counter() - started:.1f}s")
         return labels

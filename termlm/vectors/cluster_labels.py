@@ -1,33 +1,35 @@
 """A short label for each cluster, written by the chat model from its central members.
 
 One prompt per cluster holds its members nearest the centre (each cut to
-``TEXT_CHARS``); all the prompts go to the engine together (``complete_many``:
-a batching engine runs them at once), sampled greedily so a run repeats. The
-member texts are data: they are joined into the prompt as plain strings and
-never read as template markup. A reply is cleaned to one short line; an empty
-or failed one gives the cluster the fallback name ``cluster N``. Labels are
-unique (a clash gets `` (2)``, `` (3)``...), so they can be a label set for
-``termlm classify --labels-from``.
+``TEXT_CHARS``), numbered, as the ``{texts}`` of the template ``cluster_label``
+(prompts/cluster_label.yaml, or the user's own of that name, or another named
+by ``--label-template``); all the prompts go to the engine together
+(``complete_many``: a batching engine runs them at once), sampled as the
+template's defaults say (greedy, so a run repeats). The member texts are data:
+they are substituted once and never read as template markup. A reply is
+cleaned to one short line; an empty or failed one gives the cluster the
+fallback name ``cluster N``. Labels are unique (a clash gets `` (2)``,
+`` (3)``...), so they can be a label set for ``termlm classify --labels-from``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from termlm.engine.types import ChatRequest, Engine, Message, SamplingParams
+from termlm.errors import UsageError
 
+if TYPE_CHECKING:
+    from termlm.prompts import Template
+
+TEMPLATE = "cluster_label"
 MEMBERS = 5  # texts per cluster shown to the model
 TEXT_CHARS = 300  # of each text
 MAX_WORDS = 6
-MAX_TOKENS = 24
+MAX_TOKENS = 24  # unless the template's defaults say otherwise
 OUTLIERS = "(outliers)"
-
-SYSTEM = ("You name the common topic of a group of texts: a short name of 2 to 5 words, "
-          "as a librarian would write on a shelf, not a list of keywords. Reply with the "
-          "name only.")
-_ASK = ("Texts from one group:\n\n{texts}\n\nWhat is the topic these texts share? "
-        "Reply with a name of 2 to 5 words only.")
 _PREFIX = re.compile(r"^(?:(?:the\s+)?(?:topic|label|category|theme|group|cluster)"
                      r"(?:\s+(?:label|name))?\s*(?:is\s*)?[:=\-\u2013\u2014]\s*)+", re.I)
 _PREAMBLE = re.compile(  # "The topic these texts share is ...", "These texts are about ..."
@@ -53,18 +55,41 @@ def flat(text: str, chars: int = TEXT_CHARS) -> str:
     return one if len(one) <= chars else one[: chars - 1].rstrip() + "\u2026"
 
 
-def label_messages(texts: Sequence[str], chars: int = TEXT_CHARS) -> tuple[Message, ...]:
+def label_template(name: str = TEMPLATE) -> Template:
+    """The label prompt (a usage error, before any model loads, if it cannot show the
+    texts: it must have ``{texts}`` and no other variable)."""
+    from termlm.prompts import load_template, variables_in
+
+    template = load_template(name)
+    names = set(template.variables)
+    if template.system:
+        names |= set(variables_in(template.system, name))
+    if "texts" not in names:
+        raise UsageError(f"template {name!r} has no {{texts}}: the cluster's texts would not "
+                         "be in the prompt", hint="put {texts} in its user prompt")
+    other = sorted(names - {"texts"})
+    if other:
+        raise UsageError(f"template {name!r} needs {{{other[0]}}}, which cluster labels do "
+                         "not give", hint="a label template gets {texts} only")
+    return template
+
+
+def label_messages(template: Template, texts: Sequence[str],
+                   chars: int = TEXT_CHARS) -> tuple[Message, ...]:
     listing = "\n".join(f"{i}. {flat(t, chars)}" for i, t in enumerate(texts, 1))
-    # str.replace, not a template: nothing in the texts is ever interpreted
-    return (Message("system", SYSTEM), Message("user", _ASK.replace("{texts}", listing)))
+    values = {"texts": listing}  # substituted once: nothing in the texts is interpreted
+    system = template.render_system(values)
+    user = Message("user", template.render_user(values))
+    return (Message("system", system), user) if system else (user,)
 
 
-def _fitting(engine: Engine, texts: Sequence[str]) -> tuple[Message, ...]:
+def _fitting(engine: Engine, template: Template, texts: Sequence[str],
+             reply_tokens: int) -> tuple[Message, ...]:
     """The prompt for ``texts``, with fewer or shorter texts until it fits the context."""
-    limit = engine.info.n_ctx - MAX_TOKENS
+    limit = engine.info.n_ctx - reply_tokens
     shown = list(texts[:MEMBERS])
     chars = TEXT_CHARS
-    messages = label_messages(shown, chars)
+    messages = label_messages(template, shown, chars)
     while engine.count_prompt_tokens(messages) > limit:
         if len(shown) > 1:
             shown.pop()
@@ -72,7 +97,7 @@ def _fitting(engine: Engine, texts: Sequence[str]) -> tuple[Message, ...]:
             chars //= 2
         else:
             break  # the engine says what is wrong; the cluster keeps its fallback name
-        messages = label_messages(shown, chars)
+        messages = label_messages(template, shown, chars)
     return messages
 
 
@@ -109,13 +134,17 @@ def unique(labels: Sequence[str]) -> list[str]:
 
 
 def label_clusters(engine: Engine, groups: Sequence[Sequence[str]], *,
-                   seed: int | None = None,
+                   template: Template | None = None, seed: int | None = None,
                    warn: Callable[[str], None] | None = None) -> list[str]:
     """One label per group of central texts (nearest the centre first)."""
     from termlm.engine.types import complete_many
 
-    sampling = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, seed=seed)
-    requests = [ChatRequest(_fitting(engine, texts), sampling) for texts in groups]
+    template = template or label_template()
+    sampling = template.sampling(SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS,
+                                                seed=seed))
+    reply_tokens = sampling.max_tokens
+    requests = [ChatRequest(_fitting(engine, template, texts, reply_tokens), sampling)
+                for texts in groups]
     labels: list[str] = []
     for i, result in enumerate(complete_many(engine, requests)):
         if isinstance(result, Exception):
