@@ -82,6 +82,19 @@ T = TypeVar("T")
 _END: Any = object()  # the end of an iterator, for next(it, _END)
 
 
+def _pull(items: Iterator[T | None], ahead: deque[T], size: int) -> tuple[bool, bool]:
+    """Read ``items`` into ``ahead`` until it holds ``size``; return (exhausted, waiting):
+    whether ``items`` ended, or gave None (nothing to send yet)."""
+    while len(ahead) < size:
+        item = next(items, _END)
+        if item is _END:
+            return True, False
+        if item is None:
+            return False, True
+        ahead.append(item)
+    return False, False
+
+
 def _or_failed(index: int, prepare: Callable[[], T]) -> T | Failed:
     """``prepare()``, or the request's failure as a result of its own."""
     try:
@@ -364,14 +377,8 @@ class BatchedEngine:
             if not keep:
                 self._drop_kept()
             while True:
-                while not exhausted and not waiting and len(ahead) < self.parallel + 2:
-                    item = next(items, _END)
-                    if item is _END:
-                        exhausted = True
-                    elif item is None:
-                        waiting = True
-                    else:
-                        ahead.append(item)
+                if not exhausted and not waiting:
+                    exhausted, waiting = _pull(items, ahead, self.parallel + 2)
                 while ahead and free and (not ordered or ahead[0].index < order.next + window):
                     head = ahead[0]
                     if isinstance(head, Failed):
@@ -496,14 +503,8 @@ class BatchedEngine:
         try:
             self._drop_kept()
             while True:
-                while not exhausted and not waiting and len(ahead) < self.parallel + 2:
-                    item = next(items, _END)
-                    if item is _END:
-                        exhausted = True
-                    elif item is None:
-                        waiting = True
-                    else:
-                        ahead.append(item)
+                if not exhausted and not waiting:
+                    exhausted, waiting = _pull(items, ahead, self.parallel + 2)
                 while ahead and free:
                     head = ahead[0]
                     if isinstance(head, Failed):
