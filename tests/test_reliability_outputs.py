@@ -441,6 +441,22 @@ def test_resume_through_a_symlink_rewrites_the_target_and_keeps_the_link(
     assert all("error" not in r for r in records)
 
 
+def test_resume_of_a_hard_linked_output_warns_that_the_other_name_keeps_the_old_file(
+        tmp_path: Path) -> None:
+    inp = tmp_path / "in.txt"
+    inp.write_text("a\nb\n")
+    out = tmp_path / "out.jsonl"
+    earlier = '{"id": "1", "output": "echo: a"}\n{"id": "2", "error": "boom"}\n'
+    out.write_text(earlier)
+    other = tmp_path / "backup.jsonl"
+    os.link(out, other)
+    code, _, err = Run()("batch", "-p", "{text}", str(inp), "-o", str(out), "--resume")
+    assert code == 0, err
+    assert f"{out} has 2 hard links" in err and "the other names keep" in err, err
+    assert [r["id"] for r in _lines(out)] == ["1", "2"] and "error" not in _lines(out)[1]
+    assert other.read_text() == earlier  # the other name still holds the earlier run
+
+
 def test_write_atomic_follows_a_symlink(tmp_path: Path) -> None:
     real = tmp_path / "real.yaml"
     real.write_text("old\n")

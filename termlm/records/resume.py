@@ -14,9 +14,11 @@ resumed run appends to it:
 Removing lines rewrites the file atomically (a temporary file beside it,
 then ``os.replace``); cutting only the last line truncates in place. A
 symlinked output is followed: the file it points to is rewritten, and the
-link stays a link. A run that holds the output's lock (``open_output``)
-passes ``keep``: the new file is locked before it replaces the old one, and
-its descriptor is handed to ``keep``, so the lock never lapses.
+link stays a link. A hard link cannot survive an atomic rewrite: the other
+names of a file with several keep the earlier content, and a warning says
+so. A run that holds the output's lock (``open_output``) passes ``keep``: the
+new file is locked before it replaces the old one, and its descriptor is
+handed to ``keep``, so the lock never lapses.
 
 Records are matched by id and occurrence: the k-th input record with id X is
 done when the output holds at least k finished records with id X. For
@@ -116,6 +118,10 @@ def load_done(path: str, fmt: str = "jsonl", *, retry_errors: bool = True,
                 _notify(warn, f"{path}: removed unreadable line {unit.line}")
     try:
         if drop:
+            links = os.stat(path).st_nlink
+            if links > 1:  # os.replace makes a new file: only this name gets the repair
+                _notify(warn, f"{path} has {links} hard links: the repaired file replaces "
+                        "this name only; the other names keep the earlier content")
             _rewrite(path, drop, cut, keep)
         elif cut is not None:
             os.truncate(path, cut)
