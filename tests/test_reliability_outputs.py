@@ -473,12 +473,13 @@ def test_write_atomic_follows_a_symlink(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- a FIFO as the output
 
 
-def test_a_fifo_output_with_no_reader_says_it_waits_then_writes(
-        tmp_path: Path, server: FakeServer) -> None:
+def _batch_into_fifo(tmp_path: Path, server: FakeServer,
+                     lines: str) -> tuple[subprocess.Popen[str], Path]:
+    """termlm batch with -o a FIFO nobody reads yet, once it has said that it waits."""
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
     inp = tmp_path / "in.txt"
-    inp.write_text("a\nb\n")
+    inp.write_text(lines)
     proc = subprocess.Popen(_termlm(*_remote(server), "batch", "-p", "{text}", str(inp),
                                     "-o", str(fifo)),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -486,6 +487,12 @@ def test_a_fifo_output_with_no_reader_says_it_waits_then_writes(
     assert proc.stderr is not None
     line = proc.stderr.readline()  # said before any reader comes: the run is not stuck
     assert line.strip() == f"waiting for a reader on the FIFO {fifo}", line
+    return proc, fifo
+
+
+def test_a_fifo_output_with_no_reader_says_it_waits_then_writes(
+        tmp_path: Path, server: FakeServer) -> None:
+    proc, fifo = _batch_into_fifo(tmp_path, server, "a\nb\n")
     with open(fifo, encoding="utf-8") as reader:
         records = [json.loads(row) for row in reader]
     out, err = proc.communicate(timeout=TIMEOUT_S)
@@ -497,16 +504,7 @@ def test_a_fifo_output_with_no_reader_says_it_waits_then_writes(
 def test_a_fifo_output_wait_ends_on_ctrl_c(tmp_path: Path, server: FakeServer) -> None:
     import signal
 
-    fifo = tmp_path / "out.fifo"
-    os.mkfifo(fifo)
-    inp = tmp_path / "in.txt"
-    inp.write_text("a\n")
-    proc = subprocess.Popen(_termlm(*_remote(server), "batch", "-p", "{text}", str(inp),
-                                    "-o", str(fifo)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp_path))
-    assert proc.stderr is not None
-    assert "waiting for a reader" in proc.stderr.readline()
+    proc, _ = _batch_into_fifo(tmp_path, server, "a\n")
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 130, err
