@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -278,6 +279,13 @@ class _Reader:
                 yield _error(line_id, source, number,
                              f"not a JSON object {place} (got {_json_type(obj)})")
                 continue
+            if "\\u" in text and _has_surrogate(obj):  # valid JSON, but not Unicode text
+                if not self.replace:
+                    yield _error(line_id, source, number,
+                                 f"invalid Unicode {place}: a lone surrogate (\\ud800 to "
+                                 "\\udfff) in a string")
+                    continue
+                obj = _mend(obj)
             value, problem = self.text_of(obj, "field", place)
             yield Record(self.field_id(obj, source, number), value, obj, source.name, 0,
                          problem, number)
@@ -493,6 +501,32 @@ def _decode(data: bytes) -> tuple[str, bool]:
         return data.decode("utf-8"), False
     except UnicodeDecodeError:
         return data.decode("utf-8", "replace"), True
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_surrogate(value: object) -> bool:
+    """Whether a parsed JSON value holds a lone surrogate (``"\\ud800"`` is valid JSON
+    that no UTF-8 file can hold: writing it would fail), in a key or a string."""
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_surrogate(v) for v in value)
+    return False
+
+
+def _mend(value: Any) -> Any:
+    """``value`` with each lone surrogate replaced by U+FFFD (--encoding-errors replace)."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_mend(k): _mend(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mend(v) for v in value]
+    return value
 
 
 def _error(rec_id: str, source: Source, line: int, message: str) -> Record:

@@ -210,6 +210,9 @@ class _Collect:
         self.texts: list[str | None] = []
         self.gold: list[Any] = []
 
+    def refuse(self, record: Record) -> str | None:
+        return None
+
     def unchanged(self, record_id: str, digest: str) -> bool:
         return False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, replace
@@ -59,21 +60,35 @@ def run(st: AppState, args: EmbedArgs) -> ExitCode:
     reader = read_records(sources, input_format=args.input_format, text_field=args.text_field,
                           id_field=args.id_field, per_file=args.per_file,
                           encoding_errors=args.encoding_errors, warn=notice)
-    store = Store.open() if args.collection is not None else None
+    if args.output is not None and args.output.endswith(".npy"):
+        check_writable(Path(args.output))  # written at the end: found out now, not then
+    with contextlib.ExitStack() as stack:
+        store = stack.enter_context(Store.open()) if args.collection is not None else None
+        model, pooling = args.model, args.pooling
+        known = store.info(args.collection) if store is not None and args.collection else None
+        if known is not None:  # a collection keeps its model and its pooling
+            model = model or known.model
+            pooling = pooling or known.pooling
+        embedder = st.open_embedder(settings_for(st, model), pooling)
+        stack.callback(embedder.close)
+        code = _run(embedder, store, args, sources, reader)
+    return code
+
+
+def check_writable(path: Path) -> None:
+    """That a file can be made in ``path``'s folder (and ``path`` is not a folder)."""
+    import tempfile
+
+    from termlm.fileio import cannot_write
+
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise TermlmError(f"cannot write {path}: it is a directory")
     try:
-        if store is not None and args.collection is not None and args.model is None:
-            known = store.info(args.collection)  # a collection keeps its model
-            model = known.model if known is not None else None
-        else:
-            model = args.model
-        embedder = st.open_embedder(settings_for(st, model), args.pooling)
-        try:
-            return _run(embedder, store, args, sources, reader)
-        finally:
-            embedder.close()
-    finally:
-        if store is not None:
-            store.close()
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", delete=True):
+            pass
+    except OSError as exc:
+        raise cannot_write(str(path), exc) from None
 
 
 def _run(embedder: Embedder, store: Store | None, args: EmbedArgs, sources: list[Source],
@@ -197,7 +212,11 @@ def similar(st: AppState, name: str, text: str | None, by_id: str | None, count:
             query = matrix[exclude]
         else:
             assert text is not None
-            embedder = st.open_embedder(settings_for(st, info.model), pooling)
+            if pooling is not None and info.pooling is not None and pooling != info.pooling:
+                raise UsageError(f"collection {name!r} was embedded with {info.pooling} "
+                                 f"pooling, not {pooling}: the query must be embedded the "
+                                 "same way", hint="leave out --pooling")
+            embedder = st.open_embedder(settings_for(st, info.model), pooling or info.pooling)
             try:
                 if embedder.info.dims != info.dims:
                     raise TermlmError(f"{embedder.info.name} gives {embedder.info.dims} "

@@ -26,6 +26,10 @@ BATCH = 32  # records per engine call
 
 
 class Sink(Protocol):
+    def refuse(self, record: Record) -> str | None:
+        """Why this sink cannot hold ``record`` (None: it can); called once per record."""
+        ...
+
     def unchanged(self, record_id: str, digest: str) -> bool:
         """Whether this exact text is already there (it is skipped)."""
         ...
@@ -84,7 +88,7 @@ def run_embed(embedder: Embedder, records: Iterable[Record], sink: Sink, *,
             if limit is not None and taken >= limit:
                 break
             taken += 1
-            problem = _problem(embedder, record, on_overflow)
+            problem = _problem(embedder, record, on_overflow) or sink.refuse(record)
             if problem is not None:
                 batch.append(_Job(record, "", problem))
                 continue

@@ -32,6 +32,16 @@ class CollectionSink:
         self.store = store
         self.name = name
         self._known = store.hashes(name)
+        self._seen: set[str] = set()
+
+    def refuse(self, record: Record) -> str | None:
+        """A second record with an id already seen this run: a collection holds one
+        vector per id, and the first record keeps it (so a rerun changes nothing)."""
+        if record.id in self._seen:
+            return (f"duplicate id {record.id!r}: collection {self.name!r} keeps one vector "
+                    "per id, the first record's")
+        self._seen.add(record.id)
+        return None
 
     def unchanged(self, record_id: str, digest: str) -> bool:
         return self._known.get(record_id) == digest
@@ -54,6 +64,9 @@ class JsonlSink:
     def __init__(self, writer: RecordWriter, done: DoneSet | None = None) -> None:
         self.writer = writer
         self.done = done
+
+    def refuse(self, record: Record) -> str | None:
+        return None
 
     def unchanged(self, record_id: str, digest: str) -> bool:
         return self.done is not None and self.done.is_done(record_id)
@@ -79,6 +92,11 @@ class NpySink:
         self.dims = dims
         self.rows: list[npt.NDArray[np.float32]] = []
         self.ids: list[str] = []
+
+    def refuse(self, record: Record) -> str | None:
+        if "\n" in record.id or "\r" in record.id:  # FILE.ids.txt has one id per line
+            return f"an id with a line break cannot go in {ids_path(self.path)} (one per line)"
+        return None
 
     def unchanged(self, record_id: str, digest: str) -> bool:
         return False

@@ -38,7 +38,7 @@ CREATE TABLE IF NOT EXISTS collections (
     pooling TEXT,
     created TEXT NOT NULL,
     updated TEXT NOT NULL,
-    version INTEGER NOT NULL DEFAULT 0  -- bumped by every change: the matrix cache's key
+    version INTEGER NOT NULL DEFAULT 0  -- new and random at every change: the cache's key
 );
 CREATE TABLE IF NOT EXISTS items (
     collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
@@ -62,6 +62,19 @@ def check_name(name: str) -> str:
                          hint="use letters, digits, '.', '_' and '-' (at most 64), starting "
                          "with a letter or digit")
     return name
+
+
+def damaged(path: Path, exc: sqlite3.DatabaseError) -> TermlmError:
+    return TermlmError(f"cannot read the collections file {path}: {exc}",
+                       hint=f"move it aside (mv {path} {path}.bad) to start a new one")
+
+
+def _stamp() -> int:
+    """A new value for a collection's ``version``: random, not a counter, so that a
+    cache made for another file (moved aside, restored from a backup) never matches."""
+    import secrets
+
+    return secrets.randbits(62)
 
 
 def _now() -> str:
@@ -114,9 +127,7 @@ class Store:
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
-            raise TermlmError(f"cannot open the collections file {path}: {exc}",
-                              hint=f"move it aside (mv {path} {path}.bad) to start a new one"
-                              ) from None
+            raise damaged(path, exc) from None
         except OSError as exc:
             raise TermlmError(f"cannot open the collections file {path}: "
                               f"{exc.strerror or exc}") from None
@@ -125,8 +136,11 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> None:
         self.close()
+        if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.IntegrityError):
+            raise damaged(self.path, exc) from None  # a file that opened, damaged further in
 
     def close(self) -> None:
         self.conn.close()
@@ -161,9 +175,14 @@ class Store:
         found = self.info(name)
         if found is None:
             stamp = _now()
-            self.conn.execute("INSERT INTO collections VALUES (?, ?, ?, ?, ?, ?, 0)",
-                              (name, model, dims, pooling, stamp, stamp))
+            self.conn.execute("INSERT INTO collections VALUES (?, ?, ?, ?, ?, ?, ?)",
+                              (name, model, dims, pooling, stamp, stamp, _stamp()))
             return self.require(name)
+        if found.pooling is not None and pooling is not None and found.pooling != pooling:
+            raise UsageError(f"collection {name!r} was embedded with {found.pooling} pooling, "
+                             f"not {pooling}: their vectors do not compare",
+                             hint=f"use --pooling {found.pooling}, another collection, or "
+                             f"termlm embed --drop {name} first")
         if found.model != model or found.dims != dims:
             raise UsageError(f"collection {name!r} was embedded with {found.model} "
                              f"({found.dims} dimensions), not {model} ({dims}): their vectors "
@@ -197,8 +216,8 @@ class Store:
         with self._transaction():
             self.conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)",
                                   rows)
-            self.conn.execute("UPDATE collections SET updated = ?, version = version + 1 "
-                              "WHERE name = ?", (_now(), name))
+            self.conn.execute("UPDATE collections SET updated = ?, version = ? "
+                              "WHERE name = ?", (_now(), _stamp(), name))
         return len(rows)
 
     def items(self, name: str, ids: Sequence[str] | None = None) -> Iterator[Item]:
@@ -223,8 +242,10 @@ class Store:
         """Every id and one (n, dims) float32 matrix of the vectors.
 
         Read from a cache beside the database (``vectors.cache/NAME+VERSION.npy`` and its
-        ids), made from the rows the first time and again after any change: at 100,000
-        vectors, mapping it takes milliseconds where reading the rows takes a second.
+        ids; VERSION is random and new at every change, so a cache never matches another
+        file's collection), made from the rows the first time and again after any change:
+        at 100,000 vectors, mapping it takes milliseconds where reading the rows takes a
+        second.
         The matrix may be a read-only memory map: copy it before changing it."""
         info = self.require(name)
         version = self._version(name)
