@@ -18,7 +18,7 @@ similar  a collection of 100,000 random unit vectors (384 dimensions): the time 
          from the matrix cache) and the median time of a search (top 10), against
          the goal of 50 ms; and numpy's full argsort for reference.
 cluster  k-means on 10,000 vectors (384 dimensions, 8 separated topics): with k
-         chosen by silhouette over 2..12, and with -k 8.
+         chosen by silhouette over 2..12, and with -k 8; and --method density.
 """
 
 from __future__ import annotations
@@ -303,8 +303,12 @@ def bench_cluster(n: int = 10_000, dims: int = 384, topics: int = 8) -> dict[str
     started = time.perf_counter()
     choose_clusters(points, k=topics, seed=0)
     fixed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    dense = choose_clusters(points, method="density", seed=0)
+    density_s = time.perf_counter() - started
     return {"vectors": n, "dims": dims, "auto_k": int(auto.k), "auto_s": round(auto_s, 2),
-            "fixed_k": topics, "fixed_s": round(fixed_s, 2)}
+            "fixed_k": topics, "fixed_s": round(fixed_s, 2), "density_k": int(dense.k),
+            "density_outliers": len(dense.outliers), "density_s": round(density_s, 2)}
 
 
 def _spread(ratios: list[float]) -> dict[str, float]:
@@ -348,4 +352,8 @@ def rows(results: dict[str, object]) -> list[str]:
     if isinstance(c, dict):
         out.append(f"| cluster {c['vectors']:,} vectors: seconds, k by silhouette (found "
                    f"{c['auto_k']}) vs -k {c['fixed_k']} | {c['auto_s']} | {c['fixed_s']} | | |")
+        if "density_s" in c:
+            out.append(f"| cluster {c['vectors']:,} vectors: seconds, --method density "
+                       f"(found {c['density_k']}, {c['density_outliers']} outliers) | "
+                       f"{c['density_s']} | | | |")
     return out

@@ -425,6 +425,11 @@ def test_cluster_modules_import_nothing_heavy() -> None:
     ("", None),
     ("...", None),
     ("(outliers)", None),
+    ("Cluster 3", None),  # would clash with the fallback names
+    ("```\nBaking\n```", "Baking"),
+    ("~~~text\nSpace travel\n~~~", "Space travel"),
+    ("x" * 400, "x" * 60),
+    ("Problems " + "with_a_very_long_word_" * 3 + " and more", "Problems"),
 ])
 def test_clean_label(reply: str, label: str | None) -> None:
     assert clean_label(reply) == label

@@ -219,8 +219,8 @@ def _ranker(st: AppState, index: Index, rank: RankOptions) -> tuple[Ranker, Embe
         embedder.close()
         raise
     threshold = DEFAULT_MIN_SIMILARITY if rank.min_similarity is None else rank.min_similarity
-    return Ranker(index, mode, vectors, min_score=rank.min_score,
-                  min_similarity=threshold), embedder
+    return Ranker(index, mode, vectors, min_score=rank.min_score, min_similarity=threshold,
+                  on_fallback=notice if requested is None else None), embedder
 
 
 def _embed(vectors: ChunkVectors) -> None:

@@ -106,6 +106,9 @@ class Ranker:
     min_score: float = DEFAULT_MIN_SCORE
     min_similarity: float = DEFAULT_MIN_SIMILARITY
     depth: int = DEPTH
+    # hybrid chosen by default (no --retrieval): a question that cannot be embedded
+    # (a server that stops answering /v1/embeddings) turns the run to BM25, saying so here
+    on_fallback: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         if self.mode is not Mode.bm25 and self.vectors is None:
@@ -114,7 +117,15 @@ class Ranker:
     def candidates(self, question: str) -> list[Passage]:
         if self.mode is Mode.bm25:
             return self._bm25(question)
-        return self._with_vectors(question)
+        try:
+            return self._with_vectors(question)
+        except TermlmError as exc:
+            if self.on_fallback is None:
+                raise
+            self.on_fallback(f"cannot embed the question ({exc.message}): ranking passages "
+                             "by BM25 only")
+            self.mode = Mode.bm25
+            return self._bm25(question)
 
     def refreshed(self) -> None:
         """The index changed under a search (files read again): embed what is new."""

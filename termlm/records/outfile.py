@@ -184,7 +184,38 @@ def _open(path: str, warn: Warn | None) -> int:
     return fd
 
 
-def _check_inputs(path: str, inputs: Sequence[Source], warn: Warn | None) -> list[Source]:
+def check_side_output(path: str, flag: str, *, output: str | None = None,
+                      inputs: Sequence[Source] = ()) -> None:
+    """Before any model loads: a file written whole at the end of a run (``--summary-json``,
+    ``-o FILE.npy``) is not an input, not the ``-o`` output, and can be written."""
+    import tempfile
+
+    if output not in (None, "-") and _same_path(path, output):
+        raise UsageError(f"{flag} {path} is also the output (-o): one would replace the "
+                         "other", hint=f"give {flag} another file")
+    _check_inputs(path, inputs, None, flag=flag)
+    if os.path.isdir(path):
+        raise cannot_write(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
+    folder = os.path.dirname(path) or "."
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{os.path.basename(path)}."):
+            pass
+    except OSError as exc:
+        raise cannot_write(path, exc) from None
+
+
+def _same_path(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _check_inputs(path: str, inputs: Sequence[Source], warn: Warn | None,
+                  flag: str = "the output") -> list[Source]:
     try:
         out = os.stat(path)
     except OSError:
@@ -200,8 +231,8 @@ def _check_inputs(path: str, inputs: Sequence[Source], warn: Warn | None) -> lis
                 warn(f"skipping {source.name}: it is the output file")
         else:
             where = "stdin" if source.is_stdin else source.name
-            raise UsageError(f"the output {path} is also an input ({where}): writing it "
-                             "would destroy the input", hint="write to another file with -o")
+            raise UsageError(f"{flag} {path} is also an input ({where}): writing it "
+                             "would destroy the input", hint="write to another file")
     return kept
 
 

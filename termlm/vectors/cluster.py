@@ -12,7 +12,9 @@ Pure computation on a (n, dims) matrix of unit vectors, with scikit-learn:
 * ``density``: HDBSCAN, which finds the number of clusters itself and leaves
   records in no dense region unassigned (outliers, ``OUTLIER``). It runs on a
   PCA projection to ``DENSITY_DIMS`` dimensions: on 384 its neighbour search
-  degenerates to brute force (95 s at 10,000 records, against 2 s).
+  degenerates to brute force (95 s at 10,000 records, against 2 s). HDBSCAN
+  never returns a single cluster by default; when it finds none, it runs again
+  allowing one, so one dense topic among a few outliers is a cluster.
 
 Clusters are numbered from 0 by size, largest first (ties: the one whose
 first member comes first), so a run repeats. A record's distance is the cosine
@@ -177,6 +179,10 @@ def _density(matrix: Matrix, options: ClusterOptions) -> Clustering:
     if min_size < 2:
         raise UsageError("--min-size must be 2 or more")
     if min_size > n:
+        if options.min_size is None:
+            raise UsageError(f"--method density needs at least {min_size} records (its "
+                             f"smallest cluster), not {n}",
+                             hint="give a smaller --min-size, or use --method kmeans")
         raise UsageError(f"--min-size {min_size} is more than the {n} records")
     # euclidean: on unit vectors it orders pairs as cosine distance does, and the tree
     # searches take it; a projection of at most n dimensions keeps every distance
@@ -185,6 +191,10 @@ def _density(matrix: Matrix, options: ClusterOptions) -> Clustering:
         if reduced < dims else matrix
     model = HDBSCAN(min_cluster_size=min_size, metric="euclidean", copy=True)
     labels: Labels = model.fit_predict(points).astype("int64")
+    if not (labels != OUTLIER).any():  # no split found: is it one dense group, with outliers?
+        single = HDBSCAN(min_cluster_size=min_size, metric="euclidean", copy=True,
+                         allow_single_cluster=True)
+        labels = single.fit_predict(points).astype("int64")
     inside = labels != OUTLIER
     score = _silhouette(matrix[inside], labels[inside], options.seed) \
         if int(inside.sum()) > 2 else None

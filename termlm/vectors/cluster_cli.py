@@ -71,7 +71,7 @@ class Data:
 
 
 def run(st: AppState, args: ClusterArgs) -> ExitCode:
-    from termlm.records.outfile import open_output
+    from termlm.records.outfile import check_side_output, open_output
     from termlm.records.readers import expand_inputs
     from termlm.vectors.cluster import cluster
     from termlm.vectors.cluster_report import choice_line
@@ -84,6 +84,9 @@ def run(st: AppState, args: ClusterArgs) -> ExitCode:
     from termlm.logs import BatchRun
 
     sources = expand_inputs(args.inputs, args.glob) if args.collection is None else []
+    if args.summary_json is not None:  # written at the end: checked now, before any model
+        check_side_output(args.summary_json, "--summary-json", output=args.output,
+                          inputs=sources)
     shown = args.inputs or [f"collection {args.collection}"]
     with BatchRun(shown, args.output) as logged, \
             open_output(args.output, "jsonl", inputs=sources, warn=notice) as out:

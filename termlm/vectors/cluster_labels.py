@@ -28,6 +28,7 @@ TEMPLATE = "cluster_label"
 MEMBERS = 5  # texts per cluster shown to the model
 TEXT_CHARS = 300  # of each text
 MAX_WORDS = 6
+MAX_CHARS = 60
 MAX_TOKENS = 24  # unless the template's defaults say otherwise
 OUTLIERS = "(outliers)"
 _PREFIX = re.compile(r"^(?:(?:the\s+)?(?:topic|label|category|theme|group|cluster)"
@@ -40,6 +41,8 @@ _PREAMBLE = re.compile(  # "The topic these texts share is ...", "These texts ar
     r"(?:(?:all\s+)?(?:about|on|related\s+to|a|an|the)\s+)*", re.I)
 _DANGLING = frozenset(["a", "an", "and", "the", "of", "for", "to", "in", "on", "with", "about",
                        "or", "by"])
+_FENCE = re.compile(r"(?:`{3,}|~{3,})[\w+-]*")  # a Markdown code fence line: ```text
+_FALLBACK = re.compile(r"cluster\s*\d+", re.I)
 _LIST_MARK = re.compile(r"^(?:[-*\u2022]\s+|\d+[.)]\s+)")
 _MARKUP = re.compile(r"[*_`#]+")
 _EDGES = " \t\"'\u201c\u201d\u2018\u2019`.,;:!?-\u2013\u2014()[]{}<>"
@@ -102,9 +105,11 @@ def _fitting(engine: Engine, template: Template, texts: Sequence[str],
 
 
 def clean_label(reply: str) -> str | None:
-    """The label in a model's reply: its first line, without quotes, list marks,
-    "Label:" and trailing punctuation, at most ``MAX_WORDS`` words; None if nothing is left."""
-    line = next((ln.strip() for ln in reply.splitlines() if ln.strip()), "")
+    """The label in a model's reply: its first line (past a code fence), without quotes,
+    list marks, "Label:" and trailing punctuation, at most ``MAX_WORDS`` words and
+    ``MAX_CHARS`` characters; None if nothing is left, or only a fallback-like name."""
+    line = next((ln.strip() for ln in reply.splitlines()
+                 if ln.strip() and not _FENCE.fullmatch(ln.strip())), "")
     line = _MARKUP.sub("", line).strip()
     line = _LIST_MARK.sub("", line)
     line = _PREFIX.sub("", line.strip(_EDGES + "*")).strip(_EDGES)
@@ -115,7 +120,11 @@ def clean_label(reply: str) -> str | None:
     if len(words) > 1 and words[0].casefold() in ("a", "an"):
         words.pop(0)
     label = " ".join(words).strip(_EDGES)
-    if not re.search(r"\w", label) or label.casefold() == OUTLIERS.strip("()"):
+    if len(label) > MAX_CHARS:
+        label = label[:MAX_CHARS].rsplit(" ", 1)[0] if " " in label[:MAX_CHARS] \
+            else label[:MAX_CHARS]
+    if not re.search(r"\w", label) or label.casefold() == OUTLIERS.strip("()") or \
+            _FALLBACK.fullmatch(label):  # "cluster 3" would clash with the fallback names
         return None
     return label
 

@@ -94,8 +94,8 @@ def choice_line(result: Clustering, seconds: float) -> str:
                 f"{plural(len(result.outliers), 'outlier')} ({sil}){took}")
     if result.k_range is not None:
         lo, hi = result.k_range
-        return f"{result.k} clusters: k chosen from {lo}..{hi} by {sil}{took}"
-    return f"{result.k} clusters (k given, {sil}){took}"
+        return f"{plural(result.k, 'cluster')}: k chosen from {lo}..{hi} by {sil}{took}"
+    return f"{plural(result.k, 'cluster')} (k given, {sil}){took}"
 
 
 def summary_json(result: Clustering, rows: Sequence[Group], records: int,

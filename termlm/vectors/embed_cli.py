@@ -61,7 +61,9 @@ def run(st: AppState, args: EmbedArgs) -> ExitCode:
                           id_field=args.id_field, per_file=args.per_file,
                           encoding_errors=args.encoding_errors, warn=notice)
     if args.output is not None and args.output.endswith(".npy"):
-        check_writable(Path(args.output))  # written at the end: found out now, not then
+        from termlm.records.outfile import check_side_output
+
+        check_side_output(args.output, "-o", inputs=sources)  # written whole at the end
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(Store.open()) if args.collection is not None else None
         model, pooling = args.model, args.pooling
@@ -73,22 +75,6 @@ def run(st: AppState, args: EmbedArgs) -> ExitCode:
         stack.callback(embedder.close)
         code = _run(embedder, store, args, sources, reader)
     return code
-
-
-def check_writable(path: Path) -> None:
-    """That a file can be made in ``path``'s folder (and ``path`` is not a folder)."""
-    import tempfile
-
-    from termlm.fileio import cannot_write
-
-    folder = path.parent if str(path.parent) else Path(".")
-    if path.is_dir():
-        raise TermlmError(f"cannot write {path}: it is a directory")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", delete=True):
-            pass
-    except OSError as exc:
-        raise cannot_write(str(path), exc) from None
 
 
 def _run(embedder: Embedder, store: Store | None, args: EmbedArgs, sources: list[Source],
