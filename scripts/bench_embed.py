@@ -42,9 +42,11 @@ TERMLM_SIDE = r'''
 import json, sys, time
 from termlm.engine.embed_llama import LlamaEmbedder
 from termlm.engine.embedding import embed_texts
+from termlm.models.catalog import get_entry
 path, texts_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 texts = json.load(open(texts_file))
-embedder = LlamaEmbedder(path, name="minilm", threads=threads)
+entry = get_entry("minilm")  # the context `termlm embed -m minilm` uses (the catalog's)
+embedder = LlamaEmbedder(path, name="minilm", threads=threads, max_tokens=entry.context)
 embed_texts(embedder, texts[:32])  # warm-up
 start = time.perf_counter()
 vectors = embed_texts(embedder, texts)
@@ -135,7 +137,7 @@ def setup_baselines() -> None:
     if not (venv / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "torch==2.13.0",
-                    "sentence-transformers"], check=True)
+                    "sentence-transformers==6.3.0", "transformers==5.24.0"], check=True)
 
 
 def bench_embed(threads: int, repeat: int) -> dict[str, object]:

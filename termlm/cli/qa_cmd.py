@@ -68,7 +68,8 @@ def qa(
         "--questions", "-q", help="Answer every question in this file (one per line, or JSONL "
         "with id and question; - for stdin), one JSON line each.", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option(
-        "--json", help="Print one JSON object: question, answer, found, citations.")] = False,
+        "--json", help="Print one JSON object: question, answer, found, citations, "
+        "retrieval and the passages' scores.")] = False,
     model: ModelOpt = None,
     top_k: Annotated[int, typer.Option(
         "--top-k", min=1, help="Most passages to give the model.")] = 4,
