@@ -51,6 +51,9 @@ class Conversation:
         self.created: str | None = None
         self.updated: str | None = None
         self.settings: dict[str, Any] = {}  # model, template, n_ctx and sampling, when saved
+        # the session file as this conversation last read or wrote it (inode, mtime, size):
+        # another chat that writes the file meanwhile changes it (termlm.sessions.save)
+        self.stamp: tuple[int, int, int] | None = None
 
     def __len__(self) -> int:
         return len(self.exchanges)

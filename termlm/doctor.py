@@ -164,7 +164,9 @@ def gather(settings: Settings, *, notify: Any = None) -> tuple[Report, Any]:
 
 def diagnose_crash(signum: int, *, extra_buffers_used: bool, amx: bool) -> dict[str, str]:
     """The likely cause of a crash in llama.cpp, and what to do about it."""
-    name = signal.Signals(signum).name if signum in signal.valid_signals() else str(signum)
+    from termlm.crashguard import signal_name
+
+    name = signal_name(signum)
     if amx and extra_buffers_used:
         cause = ("llama.cpp's AMX kernel (ggml_backend_amx_mul_mat), used for the weights on "
                  "CPUs with AMX, crashes (llama.cpp#20824)")

@@ -247,10 +247,13 @@ class ChatSession:
         convo.settings = self.current_settings()
         convo.model = self.engine.info.name
         try:
-            sessions.save(convo)
+            moved = sessions.save(convo)
         except TermlmError as exc:
             self.autosave = False
             self.notice(f"not saving this chat: {exc.message}")
+            return
+        if moved is not None:
+            self.notice(moved)
 
     # slash commands
 
@@ -351,6 +354,7 @@ class ChatSession:
             where = str(path)
         loaded.name = self.conversation.name  # loaded into this session, saved under its name
         loaded.created = self.conversation.created
+        loaded.stamp = self.conversation.stamp  # this session's file, as this chat knows it
         model = f", made with {loaded.model}" if loaded.model else ""
         self.conversation = loaded
         self._autosave()

@@ -57,25 +57,61 @@ def load(name: str) -> Conversation | None:
     path = session_path(name)
     if not path.exists():
         return None
+    stamp = _stamp(path)
     convo = Conversation.load(path)
     convo.name = name
+    convo.stamp = stamp
     return convo
 
 
-def save(convo: Conversation) -> None:
-    """Write the session (atomically) and mark it as the last one used."""
+def save(convo: Conversation) -> str | None:
+    """Write the session (atomically) and mark it as the last one used.
+
+    Two chats on one session never overwrite each other: a chat that finds its file
+    changed since it last read or wrote it (another chat saved a turn) is saved under
+    a new name instead, ``NAME-2`` (or -3, ...). Returns a notice saying so, or None.
+    """
     from termlm.fileio import write_atomic
 
+    moved = None
     if convo.name is None:
         convo.name = new_name()
+    else:
+        found = _stamp(session_path(convo.name))
+        if found is not None and found != convo.stamp:
+            old, convo.name = convo.name, _free_name(convo.name)
+            moved = (f"session {old!r} was changed by another chat since this one read it: "
+                     f"this chat is saved as {convo.name!r}")
     stamp = now()
     convo.created = convo.created or stamp
     convo.updated = stamp
-    convo.save(session_path(convo.name))
+    path = session_path(convo.name)
+    convo.save(path)
+    convo.stamp = _stamp(path)
     try:
         write_atomic(chats_dir() / LAST, convo.name + "\n")
     except OSError as exc:
         raise TermlmError(f"cannot save the chat: {exc.strerror or exc}") from None
+    return moved
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_mtime_ns, info.st_size)
+
+
+def _free_name(name: str) -> str:
+    """``name-2`` (or -3, ...): the first that no session has, within 64 characters."""
+    n = 2
+    while True:
+        suffix = f"-{n}"
+        candidate = name[:64 - len(suffix)] + suffix
+        if not session_path(candidate).exists():
+            return candidate
+        n += 1
 
 
 def last() -> Conversation | None:

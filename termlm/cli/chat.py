@@ -103,11 +103,12 @@ def chat(
     tmpl = load_template(template)
     tmpl.render_user({"prompt": ""})  # a template that needs more than {prompt} fails now
     sampling = tmpl.sampling()
-    kept = {k: saved[k] for k in ("temperature", "top_p", "max_tokens", "seed") if k in saved}
+    given = {"temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
+             "seed": seed}
+    kept = {k: saved[k] for k in given if k in saved and given[k] is None}  # flags win
     if kept:
         sampling = sampling.with_(**kept)
-    sampling = sampling.override(temperature=temperature, top_p=top_p,
-                                 max_tokens=max_tokens, seed=seed)
+    sampling = sampling.override(**given)
 
     if convo is None:
         convo = Conversation(tmpl.system)

@@ -85,6 +85,12 @@ def eval_(
     from termlm.output import is_tty, notice, out_console
 
     st = state(ctx)
+    if report is not None:  # written at the end: checked now, before any model runs
+        from termlm.records.outfile import check_side_output
+
+        given = [data, labels_file, schema, variants, *(Path(d) for d in docs or [])]
+        check_side_output(str(report), "--report",
+                          files=[str(f) for f in given if f is not None])
     spec = _spec(task.value, data, labels, labels_file, fields, schema, to, source_lang, docs,
                  gold_field, reference_field, source_field, text_field, limit, parallel)
     variant_list = load_variants(variants) if variants is not None else [PLAIN]
@@ -100,10 +106,12 @@ def eval_(
     n_variants = len(variant_list)
     payload = rep.to_json(task.value, str(data), results, n_variants)
     if report is not None:
+        from termlm.fileio import cannot_write, write_atomic
+
         try:
-            report.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+            write_atomic(report, json.dumps(payload, indent=2) + "\n")
         except OSError as exc:
-            raise UsageError(f"cannot write report {report}: {exc.strerror}") from None
+            raise cannot_write(str(report), exc) from None
     if as_json:
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
     elif is_tty(sys.stdout):
@@ -147,7 +155,8 @@ def _read_records(path: Path, limit: int | None) -> list[dict[str, Any]]:
         raise InputError(f"{path} is not a regular file (a FIFO or device?)")
     text = read_file(path)
     rows: list[dict[str, Any]] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    implicit: set[str] = set()  # ids that are line numbers (records without an id)
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 is text
         if not line.strip():
             continue
         try:
@@ -156,6 +165,8 @@ def _read_records(path: Path, limit: int | None) -> list[dict[str, Any]]:
             raise InputError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
             raise InputError(f"{path}, line {number}: a record must be a JSON object")
+        if "id" not in row:
+            implicit.add(str(number))
         row.setdefault("id", str(number))
         row["id"] = str(row["id"])
         rows.append(row)
@@ -166,6 +177,10 @@ def _read_records(path: Path, limit: int | None) -> list[dict[str, Any]]:
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
+        if dup in implicit:
+            raise InputError(f"{path}: id {dup!r} appears twice: a record has it, and the "
+                             f"record on line {dup} has no id and is numbered by its line",
+                             hint="give every record an id, or none")
         raise InputError(f"{path}: id {dup!r} appears twice; eval needs unique ids")
     return rows
 

@@ -30,6 +30,7 @@ class EntryType(str, Enum):
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+SQLITE_MAX = 2**63 - 1  # the largest integer SQLite takes
 
 
 @app.callback()
@@ -59,7 +60,7 @@ def logs(
     from termlm.logs.switch import db_path
     from termlm.output import notice
 
-    search = db.Query(count=count, text=query, type=type_.value if type_ else None,
+    search = db.Query(count=min(count, SQLITE_MAX), text=query, type=type_.value if type_ else None,
                       model=model)
     if query and query.strip() and not db.fts5_available():
         notice("this Python's SQLite has no full-text search (FTS5): matching the words "
@@ -89,8 +90,9 @@ def show(
     from termlm.logs import db, view
     from termlm.logs.switch import db_path
 
-    with _reading() as conn:
-        entry = None if conn is None else db.get(conn, entry_id)
+    with _reading() as conn:  # an id past SQLite's integers is no entry's
+        entry = None if conn is None or not 0 < entry_id <= SQLITE_MAX else \
+            db.get(conn, entry_id)
     if entry is None:
         raise db.EntryNotFound(f"no log entry {entry_id}",
                                hint="termlm logs lists the entries and their ids"

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from termlm.crashguard import signal_name
 from termlm.engine.speed import Speed, SpeedTest, misfit
 from termlm.errors import UsageError
 
@@ -196,13 +197,6 @@ def _figures(pp: float, tg: float, batched: float | None, load_s: float,
             "peak_rss_mb": None if peak_rss is None else round(peak_rss / 2**20, 1)}
 
 
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
-
-
 def _max_rss_bytes(usage: Any) -> int:
     """ru_maxrss is in KiB on Linux, in bytes on macOS."""
     return int(usage.ru_maxrss) * (1 if sys.platform == "darwin" else 1024)
@@ -261,7 +255,7 @@ def run_probe(test: SpeedTest, *, verbose: bool = False,
         code = proc.returncode = os.waitstatus_to_exitcode(status)
         rss = _max_rss_bytes(usage)
         if code < 0:
-            name = _signal_name(-code)
+            name = signal_name(-code)
             what = "llama.cpp crashed" if -code != signal.SIGKILL else "killed"
             return Run(None, rss, f"{what} ({name})", name)
         try:

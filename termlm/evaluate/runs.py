@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from termlm.crashguard import signal_name
 from termlm.errors import TermlmError, UsageError
 from termlm.evaluate import scoring
 
@@ -135,7 +136,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8").split("\n"):  # U+2028 is text, not a break
         try:
             row = json.loads(line)
         except ValueError:
@@ -161,7 +162,9 @@ def _command(spec: TaskSpec, model: str, variant: Variant, work: Path
                "--no-cache", "--no-progress"]
 
         def score(path: Path) -> dict[str, float]:
-            got = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+            got = path.read_text(encoding="utf-8").split("\n") if path.exists() else []
+            if got and got[-1] == "":  # the last line's newline
+                got.pop()
             got += [""] * (len(records) - len(got))
             refs = [str(r.get(spec.reference_field, "")) for r in records]
             return scoring.score_translate(got[:len(records)], refs)
@@ -234,7 +237,7 @@ def run_one(spec: TaskSpec, model: str, variant: Variant, settings_env: dict[str
         if code is None:
             result.error = f"no result within {timeout:.0f} s"
         elif code < 0:
-            result.error = f"llama.cpp crashed ({signal.Signals(-code).name})"
+            result.error = f"llama.cpp crashed ({signal_name(-code)})"
         elif code not in (0, 3):  # 3: some records failed, which the scores count
             result.error = _last_error(err_path) or f"exited {code}"
         if result.error is None:

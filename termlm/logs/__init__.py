@@ -106,9 +106,9 @@ def log_run(
         return None
     import shlex
 
-    from termlm.logs.scrub import scrub_argv, scrub_text, scrub_value
+    from termlm.logs.scrub import argv_secrets, scrub_argv, scrub_text, scrub_value
 
-    secrets = _secrets(settings)
+    secrets = sorted(set(_secrets(settings) + argv_secrets(argv)), key=len, reverse=True)
     command = shlex.join(scrub_argv(["termlm", *argv[1:]], secrets))
     row = {
         "type": "batch", "time": _now(), "model": model, "prompt": "", "reply": "",

@@ -45,6 +45,21 @@ def secret_values(settings: Mapping[str, Any], environ: Mapping[str, str] | None
     return [s for s in found if len(s) >= MIN_SECRET_LEN]
 
 
+def argv_secrets(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> list[str]:
+    """The keys a command line points at: the value of each ``--api-key-env VAR`` given
+    there (the config file's are found by ``secret_values``)."""
+    env = os.environ if environ is None else environ
+    found: list[str] = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name != "--api-key-env":
+            continue
+        var = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        if env.get(var):
+            found.append(env[var])
+    return [s for s in found if len(s) >= MIN_SECRET_LEN]
+
+
 def scrub_text(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
         if secret:

@@ -185,15 +185,20 @@ def _open(path: str, warn: Warn | None) -> int:
 
 
 def check_side_output(path: str, flag: str, *, output: str | None = None,
-                      inputs: Sequence[Source] = ()) -> None:
+                      inputs: Sequence[Source] = (), files: Sequence[str] = ()) -> None:
     """Before any model loads: a file written whole at the end of a run (``--summary-json``,
-    ``-o FILE.npy``) is not an input, not the ``-o`` output, and can be written."""
+    ``-o FILE.npy``, ``--report``) is not an input (``inputs``, or the plain paths
+    ``files``), not the ``-o`` output, and can be written."""
     import tempfile
 
     if output not in (None, "-") and _same_path(path, output):
         raise UsageError(f"{flag} {path} is also the output (-o): one would replace the "
                          "other", hint=f"give {flag} another file")
     _check_inputs(path, inputs, None, flag=flag)
+    for name in files:
+        if _same_path(path, name):
+            raise UsageError(f"{flag} {path} is also an input ({name}): writing it would "
+                             "destroy the input", hint="write to another file")
     if os.path.isdir(path):
         raise cannot_write(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
     folder = os.path.dirname(path) or "."
