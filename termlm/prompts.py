@@ -149,10 +149,12 @@ def parse_template(name: str, text: str, *, path: Path | None = None,
     import yaml
 
     where = f"template {name!r}" + (f" ({path})" if path else "")
+    from termlm import yamlfile
+
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise TemplateError(f"{where} is not valid YAML") from None
+        data = yamlfile.load(text)
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{where}: {yamlfile.reason(exc)}") from None
     if not isinstance(data, dict):
         raise TemplateError(f"{where} must be a YAML mapping")
     unknown = sorted(set(map(str, data)) - _KEYS)

@@ -181,7 +181,8 @@ def test_result_and_error_records() -> None:
     assert list(result_record(record, fields, keep_fields=False).items()) == [
         ("id", "7"), ("label", "greeting")]
     assert list(result_record(record, fields, keep_fields=True).items()) == [
-        ("id", "7"), ("label", "greeting"), ("text", "hello"), ("lang", "en")]
+        ("id", "7"), ("label", "greeting"), ("text", "hello"), ("input_label", "input's"),
+        ("lang", "en")]
     assert error_record(record, "model said\nno") == {"id": "7", "error": "model said no"}
     assert json.loads(json.dumps(error_record(record, ""))) == {"id": "7",
                                                                  "error": "unknown error"}

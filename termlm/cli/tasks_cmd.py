@@ -104,7 +104,7 @@ def batch(
     tmpl = load_template(template or "batch")
     user = prompt if prompt is not None else tmpl.user
     variables_in(user, "--prompt")  # malformed placeholders fail before any work
-    if prompt is not None and "{text}" not in user and not variables_in(user, "--prompt"):
+    if prompt is not None and not variables_in(user, "--prompt"):  # {{text}} is literal
         user = user.rstrip() + "\n\n{text}"
     schema = load_schema(json_schema) if json_schema is not None else None
     sampling = tmpl.sampling().override(temperature=temperature, top_p=top_p,

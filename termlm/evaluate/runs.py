@@ -49,14 +49,16 @@ def load_variants(path: Path) -> list[Variant]:
     """``name: {template: NAME, args: [--calibrate]}`` per variant (YAML, safe_load)."""
     import yaml
 
+    from termlm import yamlfile
+
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamlfile.load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UsageError(f"{path}: no such prompt-variants file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
-    except yaml.YAMLError:
-        raise UsageError(f"prompt-variants file {path} is not valid YAML") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"prompt-variants file {path}: {yamlfile.reason(exc)}") from None
     if not isinstance(data, dict) or not data:
         raise UsageError(f"{path} must map variant names to {{template, args}}")
     variants = []

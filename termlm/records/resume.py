@@ -100,6 +100,7 @@ def load_done(path: str, fmt: str = "jsonl", *, retry_errors: bool = True,
     errors = 0
     cut: int | None = None
     with open(path, "rb") as fp:
+        _check_format(path, fp, fmt)
         units = _scan_jsonl(fp) if fmt == "jsonl" else _scan_csv(fp, fmt)
         for unit, final in _with_final(units):
             if final and (not unit.complete or unit.kind == "junk"):
@@ -149,6 +150,33 @@ def resume_command(argv: list[str]) -> str:
         at = args.index("--") if "--" in args else len(args)
         args.insert(at, "--resume")
     return shlex.join(args)
+
+
+def _check_format(path: str, fp: IO[bytes], fmt: str) -> None:
+    """Refuse, before anything is removed, an output written in another format: read as
+    this one, every line of it would be junk to remove (or a header to misread)."""
+    first = fp.readline(1 << 20)
+    fp.seek(0)
+    if not first.endswith(b"\n"):
+        return  # a half-written first line: the repair cuts it
+    line = first.decode("utf-8", "replace").lstrip("\ufeff").strip()
+    if fmt == "jsonl":
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        what = "a JSON record"
+        like = " (it looks like CSV or TSV)" if "id" in line and ("," in line or "\t" in line) \
+            else ""
+    else:
+        cells = next(csv.reader([line], delimiter="\t" if fmt == "tsv" else ","), [])
+        ok = not line.startswith("{") and "id" in cells
+        what = f"a {fmt.upper()} header with an id column"
+        like = " (it looks like JSONL)" if line.startswith("{") else ""
+    if not ok:
+        raise UsageError(f"cannot resume {path} as {fmt.upper()}: its first line is not "
+                         f"{what}{like}; nothing was changed",
+                         hint="resume with the --output-format it was written with")
 
 
 def _scan_jsonl(fp: IO[bytes]) -> Iterator[_Unit]:

@@ -60,11 +60,21 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+# the names a task's result may use: an input field by one of these names is kept as
+# input_NAME, so that it never reads as a result (a writer's main field, a truncation, an
+# error that resume would retry) whether or not this task sets it
+RESULT_FIELDS = frozenset({
+    "id", "error", "truncated", "output", "finish_reason", "label", "confidence", "scores",
+    "labels", "data", "summary", "chunks", "cut_off", "copied", "inputs", "question",
+    "answer", "found", "citations", "retrieval", "passages", "embedding"})
+
+
 def result_record(record: Record, fields: Mapping[str, Any], keep_fields: bool) -> dict[str, Any]:
     """The output dict for a record: id first, then the task's fields.
 
-    With ``keep_fields`` the input's own fields follow under their own names,
-    but never replace ``id`` or a task field.
+    With ``keep_fields`` the input's own fields follow under their own names, except
+    those named like a result field (``RESULT_FIELDS``), which follow as ``input_NAME``:
+    an input field never replaces, or passes for, a task field.
     """
     out: dict[str, Any] = {"id": record.id}
     for key, value in fields.items():
@@ -72,7 +82,8 @@ def result_record(record: Record, fields: Mapping[str, Any], keep_fields: bool) 
             out[key] = value
     if keep_fields:
         for key, value in record.fields.items():
-            out.setdefault(key, value)
+            if key != "id":  # the record's id is already first
+                out.setdefault(f"input_{key}" if key in RESULT_FIELDS else key, value)
     return out
 
 

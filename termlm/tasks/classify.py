@@ -38,17 +38,22 @@ def parse_labels(text: str) -> list[Label]:
 def load_labels_file(path: Path) -> list[Label]:
     import yaml
 
+    from termlm import yamlfile
+
     try:
-        # BaseLoader: every scalar is text, so labels such as yes/no/on/1.0 stay as written
-        data = yaml.load(read_text_input(path), Loader=yaml.BaseLoader)
+        # text only: every scalar is text, so labels such as yes/no/on/1.0 stay as written
+        data = yamlfile.load(read_text_input(path), text_only=True)
     except FileNotFoundError:
         raise UsageError(f"{path}: no such labels file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read labels file {path}: {exc}") from None
-    except yaml.YAMLError:
-        raise UsageError(f"labels file {path} is not valid YAML") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"labels file {path}: {yamlfile.reason(exc)}") from None
     if isinstance(data, list):
-        return _checked([Label(str(item).strip()) for item in data])
+        if not all(isinstance(item, str) for item in data):
+            raise UsageError(f"labels file {path}: every label must be text (a list of "
+                             "strings, or a mapping of label to description)")
+        return _checked([Label(item.strip()) for item in data])
     if not isinstance(data, dict):
         raise UsageError(f"labels file {path} must map each label to a description")
     labels = []
@@ -61,10 +66,14 @@ def load_labels_file(path: Path) -> list[Label]:
                 raise UsageError(f"labels file {path}: label {name!r} has unknown key "
                                  f"{sorted(unknown)[0]!r} (use description, examples)")
             examples = spec.get("examples") or []
-            if not isinstance(examples, list):
-                raise UsageError(f"labels file {path}: examples of {name!r} must be a list")
-            labels.append(Label(str(name).strip(), str(spec.get("description") or "").strip(),
-                                tuple(str(e) for e in examples)))
+            description = spec.get("description") or ""
+            if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
+                raise UsageError(f"labels file {path}: examples of {name!r} must be a list "
+                                 "of texts")
+            if not isinstance(description, str):
+                raise UsageError(f"labels file {path}: the description of {name!r} must be "
+                                 "text")
+            labels.append(Label(str(name).strip(), description.strip(), tuple(examples)))
         else:
             raise UsageError(f"labels file {path}: label {name!r} needs a description or a "
                              "mapping with description/examples")

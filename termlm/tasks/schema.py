@@ -36,6 +36,17 @@ def check_schema(schema: Any, where: str) -> None:
     except jsonschema.SchemaError as exc:
         path = "/".join(str(p) for p in exc.path) or "(top)"
         raise UsageError(f"{where} is not a valid JSON schema at {path}: {exc.message}") from None
+    validator = jsonschema.Draft202012Validator(schema)
+    probes: tuple[Any, ...] = ({}, [], "", 0, None)
+    try:  # a $ref loop with nothing in between ({"$ref": "#"}) never ends on any value
+        for probe in probes:
+            validator.is_valid(probe)
+    except RecursionError:
+        raise UsageError(f"{where}: the schema refers to itself without end (a $ref loop)",
+                         hint="a recursive schema must go through properties or items") \
+            from None
+    except Exception as exc:  # a $ref to nowhere (referencing's Unresolvable), and the like
+        raise UsageError(f"{where}: the schema cannot be used: {exc}") from None
 
 
 def schema_from_fields(names: list[str]) -> dict[str, Any]:
@@ -56,8 +67,11 @@ def schema_from_fields(names: list[str]) -> dict[str, Any]:
 def validate_instance(value: Any, schema: dict[str, Any]) -> None:
     import jsonschema
 
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value),
-                    key=lambda e: list(e.path))
+    try:
+        errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(value),
+                        key=lambda e: list(e.path))
+    except RecursionError:
+        raise RecordError("output is nested too deeply to check against the schema") from None
     if errors:
         first = errors[0]
         where = "/".join(str(p) for p in first.path) or "(top)"

@@ -53,19 +53,20 @@ def load_glossary(path: Path) -> dict[str, str]:
     """YAML ``term: translation``. Every scalar is read as text (``no: non`` stays text)."""
     import yaml
 
+    from termlm import yamlfile
     from termlm.inputs import read_input_bytes
 
     if not path.exists():
         raise InputError(f"{path}: no such glossary file")
     try:  # a regular file (or a named pipe, <(cmd)): a FIFO or a device never hangs
-        data = yaml.load(read_input_bytes(path, pipes=True).decode("utf-8"),
-                         Loader=yaml.BaseLoader)
+        data = yamlfile.load(read_input_bytes(path, pipes=True).decode("utf-8"),
+                             text_only=True)
     except InputError as exc:
         raise InputError(f"glossary: {exc.message}") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"cannot read glossary {path}: {exc}") from None
-    except yaml.YAMLError:
-        raise InputError(f"glossary {path} is not valid YAML") from None
+    except yaml.YAMLError as exc:
+        raise InputError(f"glossary {path}: {yamlfile.reason(exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not all(isinstance(v, str) and v.strip()
