@@ -58,6 +58,8 @@ def open_input(path: str | os.PathLike[str], *, pipes: bool = False) -> BinaryIO
     came in between would lose what it wrote.
     """
     name = os.fspath(path)
+    if "\0" in name:  # os.stat and os.open raise ValueError, not OSError, for these
+        raise InputError(f"{name!r}: a file name cannot hold a NUL byte")
     stream = pipes and is_pipe(name)
     try:
         fd = os.open(name, _READ if stream else _READ | getattr(os, "O_NONBLOCK", 0))

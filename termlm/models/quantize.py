@@ -86,10 +86,12 @@ def type_suffix(type_name: str) -> str:
 
 
 def default_alias(model_name: str, type_name: str) -> str:
-    """``smollm2`` + Q8_0 -> ``smollm2-q8``; a file name loses its extension and quant."""
-    base = model_name
+    """``smollm2`` + Q8_0 -> ``smollm2-q8``; a file name (``hf:org/repo/tiny.gguf``, a
+    path) loses its folders, extension and quant, and keeps only what an alias may hold."""
+    base = model_name.rsplit("/", 1)[-1].removeprefix("hf:")
     if base.lower().endswith(".gguf"):
         base = base[: -len(".gguf")].lower()
+    base = re.sub(r"[^A-Za-z0-9._+-]+", "-", base).lstrip("._+-") or "model"
     return f"{strip_quant_suffix(base)}-{type_suffix(type_name)}"
 
 
