@@ -24,6 +24,7 @@ from termlm.errors import EngineError
 from termlm.vectors.cluster_labels import clean_label
 
 from .conftest import Result
+from .test_qa_cli import Q, make_docs  # the same small docs folder
 
 VOCAB = {
     "baking": ["bread", "dough", "oven", "flour", "yeast", "knead", "loaf", "crust"],
@@ -31,19 +32,12 @@ VOCAB = {
     "football": ["goal", "striker", "match", "referee", "penalty", "league", "stadium",
                  "keeper"],
 }
-FACT = "The Zorblax reactor was commissioned in 1987 in Tromsø."
-Q = "When was the Zorblax reactor commissioned?"
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TERMLM_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("TERMLM_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("TERMLM_DATA_DIR", str(tmp_path / "data"))
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond conftest's isolated dirs: a private cache dir (the qa index), and the cwd."""
     monkeypatch.setenv("TERMLM_CACHE_DIR", str(tmp_path / "cache"))
-    for var in ("TERMLM_MODEL", "TERMLM_OFFLINE", "TERMLM_CTX", "TERMLM_THREADS",
-                "TERMLM_GPU_LAYERS", "TERMLM_SEED", "TERMLM_CONFIG", "NO_COLOR", "TERMLM_LOG"):
-        monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)
 
 
@@ -172,16 +166,6 @@ def test_a_code_fenced_label_reply_is_used_by_the_command() -> None:
 
 
 # -- qa hybrid -----------------------------------------------------------------------------
-
-
-def make_docs() -> Path:
-    root = Path("docs")
-    (root / "sub").mkdir(parents=True)
-    (root / "garden.md").write_text("\n".join(
-        f"Hedge {i} needs trimming in spring with sharp shears." for i in range(30)) + "\n")
-    (root / "sub" / "reactor.md").write_text(
-        "# Plant history\n\nThe plant sits by the fjord.\n\n" + FACT + "\n\nIt still runs.\n")
-    return root
 
 
 class QueryFails(FakeEmbedder):

@@ -31,14 +31,9 @@ from termlm.repl import ChatSession
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TERMLM_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("TERMLM_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("TERMLM_DATA_DIR", str(tmp_path / "data"))
-    for var in ("TERMLM_MODEL", "TERMLM_OFFLINE", "TERMLM_CTX", "TERMLM_THREADS",
-                "TERMLM_GPU_LAYERS", "TERMLM_SEED", "TERMLM_CONFIG", "NO_COLOR", "TERMLM_LOG",
-                "TERMLM_API_KEY_ENV"):
-        monkeypatch.delenv(var, raising=False)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond conftest's isolated dirs: no key variable, the cwd, the log's warning."""
+    monkeypatch.delenv("TERMLM_API_KEY_ENV", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(logs._Warned, "done", False)
 
@@ -152,27 +147,17 @@ def test_a_run_killed_by_an_unnamed_signal_is_a_failed_row(cli: Cli, tmp_path: P
     assert not rows["rt-signal"]["ok"] and rows["fine"]["ok"]
 
 
-def test_a_json_string_holding_a_line_separator_is_one_record(cli: Cli, tmp_path: Path,
-                                                              fake_child: None) -> None:
-    """A raw U+2028 inside a JSON string (valid JSON, and what ensure_ascii=False
-    writes) splits the record in two: "line 1: not valid JSON". termlm classify itself
-    reads such a file."""
+@pytest.mark.parametrize("line", [
+    json.dumps({"id": "1", "text": "one\u2028two", "label": "positive"}, ensure_ascii=False),
+    '{"id": "1", "text": "one\\u2028two", "label": "positive"}',  # escaped in the data
+], ids=["raw-in-data", "raw-in-output"])
+def test_a_line_separator_inside_json_is_text_not_a_line_break(
+        cli: Cli, tmp_path: Path, fake_child: None, line: str) -> None:
+    """U+2028 inside a JSON string is text: raw in the data, eval read the record as two
+    broken lines; escaped in the data, the task's output (ensure_ascii=False) holds it raw
+    and eval dropped that row, scoring a right answer as "no output"."""
     data = tmp_path / "d.jsonl"
-    data.write_text(json.dumps({"id": "1", "text": "one\u2028two", "label": "positive"},
-                               ensure_ascii=False) + "\n", encoding="utf-8")
-    result = cli("eval", "classify", str(data), "-l", "positive,negative", "-m", "x",
-                 "--json")
-    assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["results"][0]["quality"]["accuracy"] == 1.0
-
-
-def test_an_output_row_holding_a_line_separator_is_scored(cli: Cli, tmp_path: Path,
-                                                          fake_child: None) -> None:
-    """The gold file is plain ASCII (\\u2028 escaped), but the task's output holds the raw
-    character: eval reads the output with splitlines(), drops the row and scores the
-    record as "no output" (accuracy 0 for a right answer)."""
-    data = tmp_path / "d.jsonl"
-    data.write_text('{"id": "1", "text": "one\\u2028two", "label": "positive"}\n')
+    data.write_text(line + "\n", encoding="utf-8")
     result = cli("eval", "classify", str(data), "-l", "positive,negative", "-m", "x",
                  "--json")
     assert result.exit_code == 0, result.stderr

@@ -20,14 +20,8 @@ from termlm.engine.fake import FakeEngine
 
 
 @pytest.fixture(autouse=True)
-def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TERMLM_CONFIG_DIR", str(tmp_path / "config"))
-    monkeypatch.setenv("TERMLM_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("TERMLM_DATA_DIR", str(tmp_path / "data"))
-    for var in ("TERMLM_MODEL", "TERMLM_OFFLINE", "TERMLM_CTX", "TERMLM_THREADS",
-                "TERMLM_GPU_LAYERS", "TERMLM_SEED", "TERMLM_CONFIG", "NO_COLOR", "TERMLM_LOG"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # conftest isolates the dirs
 
 
 def invoke(engine: FakeEngine, *args: str) -> Any:
