@@ -167,3 +167,13 @@ def test_a_template_with_a_repeated_key_is_one_line() -> None:
     assert result.exit_code == 1
     assert "template 'twice'" in result.stderr and "the key 'user' is given twice (line 3)" \
         in result.stderr
+
+
+def test_resume_looks_past_blank_lines_for_the_format() -> None:
+    write("in.txt", "alpha\nbeta\n")
+    write("out.jsonl", '\n{"id": "1", "label": "pos", "confidence": 1.0, "scores": {}}\n')
+    result = cli(FakeEngine(), "classify", "--labels", "pos,neg", "in.txt", "-o", "out.jsonl",
+                 "--resume")
+    assert result.exit_code == 0, result.stderr
+    ids = [json.loads(x)["id"] for x in Path("out.jsonl").read_text().splitlines() if x]
+    assert ids == ["1", "2"]

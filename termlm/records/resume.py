@@ -155,10 +155,14 @@ def resume_command(argv: list[str]) -> str:
 def _check_format(path: str, fp: IO[bytes], fmt: str) -> None:
     """Refuse, before anything is removed, an output written in another format: read as
     this one, every line of it would be junk to remove (or a header to misread)."""
-    first = fp.readline(1 << 20)
+    first = b""
+    for _ in range(100):  # the first line with something on it
+        first = fp.readline(1 << 20)
+        if first.strip() or not first:
+            break
     fp.seek(0)
     if not first.endswith(b"\n"):
-        return  # a half-written first line: the repair cuts it
+        return  # a half-written first line (or none): the repair cuts it
     line = first.decode("utf-8", "replace").lstrip("\ufeff").strip()
     if fmt == "jsonl":
         try:
