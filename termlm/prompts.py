@@ -215,5 +215,3 @@ def load_template(name: str) -> Template:
     return parse_template(name, text, path=path, builtin=builtin)
 
 
-def list_templates() -> list[Template]:
-    return [load_template(name) for name in sorted(template_files())]

@@ -27,6 +27,15 @@ class StreamResult:
     interrupted: bool
 
 
+class PipeClosed(BrokenPipeError):
+    """The reader went away mid-reply (``| head``): a BrokenPipeError (a quiet exit at the
+    CLI's edge) that carries what was written before, for the log."""
+
+    def __init__(self, result: StreamResult) -> None:
+        super().__init__("the reader closed the pipe")
+        self.result = result
+
+
 def stream_plain(events: Iterator[StreamEvent], out: TextSink | None = None) -> StreamResult:
     """Write deltas as they come, flushed, so a pipe consumer sees them at once."""
     stream: TextSink = out or sys.stdout
@@ -43,6 +52,9 @@ def stream_plain(events: Iterator[StreamEvent], out: TextSink | None = None) -> 
     except KeyboardInterrupt:
         _close(events)
         return StreamResult("".join(pieces), None, True)
+    except BrokenPipeError:
+        _close(events)
+        raise PipeClosed(StreamResult("".join(pieces), None, True)) from None
     return StreamResult("".join(pieces), completion, False)
 
 

@@ -117,10 +117,11 @@ def prepare(engine: Engine, task: Task, record: Record,
 
 def run_records(engine: Engine, task: Task, records: Iterable[Record], writer: RecordWriter,
                 options: RunOptions, done: DoneSet | None = None,
-                on_result: OnResult | None = None) -> Summary:
+                on_result: OnResult | None = None, summary: Summary | None = None) -> Summary:
     """Run ``task`` on each record; each result is written the moment it is done and
-    every record before it has been written (input order)."""
-    summary = Summary()
+    every record before it has been written (input order). ``summary`` (filled as the
+    run goes) lets a caller see the counts of a run that raised."""
+    summary = summary if summary is not None else Summary()
     progress = RunProgress(options.progress, options.total)
     progress.start()
     started = time.perf_counter()

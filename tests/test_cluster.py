@@ -426,6 +426,8 @@ def test_cluster_modules_import_nothing_heavy() -> None:
     ("...", None),
     ("(outliers)", None),
     ("Cluster 3", None),  # would clash with the fallback names
+    ('reference to the topic of "I', "reference to the topic of I"),  # no stray quote
+    ("Children's books", "Children's books"),
     ("```\nBaking\n```", "Baking"),
     ("~~~text\nSpace travel\n~~~", "Space travel"),
     ("x" * 400, "x" * 60),
@@ -495,3 +497,18 @@ def test_the_readme_label_template_example_makes_a_working_template() -> None:
     messages = label_messages(template, ["pain et levure", "four chaud"])
     assert messages[-1].content == ("Donne un nom de 2 à 5 mots au sujet commun de ces "
                                     "textes : 1. pain et levure\n2. four chaud")
+
+
+def test_the_log_row_names_the_embedding_and_the_label_models(run: Runs) -> None:
+    from termlm.logs import db
+    from termlm.logs.switch import db_path
+
+    result = run("cluster", write_jsonl("in.jsonl", topic_rows()), "-k", "3")
+    assert result.exit_code == 0, result.stderr
+    conn = db.connect(db_path(), create=False)
+    assert conn is not None
+    try:
+        (row,) = db.search(conn, db.Query(count=10))
+    finally:
+        conn.close()
+    assert row["model"] == "fake-embed (labels: fake)" and row["counts"]["clusters"] == 3

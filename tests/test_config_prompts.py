@@ -190,3 +190,16 @@ def test_config_show_never_prints_a_password_in_the_base_url(cli: Cli) -> None:
     assert "base_url: http://me:***@gpu-box:8000/v1" in result.stdout
     assert "s3cret" not in cli("--base-url", "http://me:s3cret@h/v1", "config", "show",
                                "--json").stdout
+
+
+def test_prompts_list_flags_a_bad_user_template_and_lists_the_rest(cli: Cli) -> None:
+    folder = user_prompts_dir()
+    folder.mkdir(parents=True)
+    (folder / "neg.yaml").write_text("description: x\nuser: y\ndefaults: {temperature: -5}\n")
+    result = cli("prompts", "list")
+    assert result.exit_code == 0, result.stderr
+    names = [line.split("\t")[0] for line in result.stdout.splitlines()]
+    assert "ask" in names and "neg" in names
+    assert "warning: template 'neg'" in result.stderr
+    rows = {r["name"]: r for r in json.loads(cli("prompts", "list", "--json").stdout)}
+    assert rows["neg"]["problem"] and rows["ask"]["problem"] is None

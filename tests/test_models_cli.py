@@ -94,7 +94,7 @@ def test_info_text(cli: Cli, tmp_path: Path) -> None:
     fields = dict(line.split(":", 1) for line in result.stdout.splitlines())
     fields = {k: v.strip() for k, v in fields.items()}
     assert fields["architecture"] == "llama"
-    assert fields["parameters"] == "152.8K"
+    assert fields["parameters"] == "152.8K (the file's tensors)"
     assert fields["attention heads"] == "4" and fields["KV heads"] == "2"
     assert fields["layers"].isdigit() and fields["embedding size"].isdigit()
     assert fields["vocab"] == "2000"

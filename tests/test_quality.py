@@ -121,3 +121,11 @@ def test_wheel_ships_prompts_and_catalog(tmp_path: Path) -> None:
     shipped = {p.name for p in (ROOT / "prompts").glob("*.yaml")}
     assert shipped and {f"termlm/_prompts/{n}" for n in shipped} <= names
     assert "termlm/models/catalog.yaml" in names
+
+
+def test_readme_has_no_stray_editing_notes() -> None:
+    """An HTML comment in the README opens and closes on one line (the translate markers);
+    a "-->" alone is the tail of a broken comment, shown to every reader."""
+    for number, line in enumerate((ROOT / "README.md").read_text(encoding="utf-8")
+                                  .splitlines(), 1):
+        assert line.count("-->") == line.count("<!--"), f"README line {number}: {line}"

@@ -163,8 +163,17 @@ def test_an_unterminated_csv_quote_does_not_swallow_later_rows(tmp_path: Path) -
     records = list(read_records(expand_inputs([str(path)])))
     assert [(r.id, r.text) for r in records if r.error is None] == [
         ("1", "fine"), ("3", "also fine"), ("4", "quoted, ok")]
-    errors = [r.error for r in records if r.error is not None]
-    assert errors == ["unterminated quote starting on line 3 of " + str(path)]
+    errors = [(r.id, r.error) for r in records if r.error is not None]
+    # the broken row keeps its own id (its first line has it whole), never another row's
+    assert errors == [("2", "unterminated quote starting on line 3 of " + str(path))]
+
+
+def test_an_unterminated_quote_in_the_id_cell_falls_back_to_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text('text,id\nfine,a\nbad,"b\nok,c\n')
+    records = list(read_records(expand_inputs([str(path)])))
+    assert [(r.id, r.error is None) for r in records] == [("a", True), ("3", False),
+                                                           ("c", True)]
 
 
 def test_a_multi_line_quoted_cell_is_still_one_row(tmp_path: Path) -> None:

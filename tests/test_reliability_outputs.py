@@ -509,3 +509,41 @@ def test_a_fifo_output_wait_ends_on_ctrl_c(tmp_path: Path, server: FakeServer) -
     _, err = proc.communicate(timeout=TIMEOUT_S)
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------- the log of a cut-short run
+
+
+def _log_rows(tmp_path: Path) -> list[dict[str, Any]]:
+    env = {**_env(tmp_path), "TERMLM_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run(_termlm("logs", "--json"), capture_output=True, text=True, env=env,
+                          timeout=TIMEOUT_S, check=True)
+    rows: list[dict[str, Any]] = json.loads(proc.stdout)
+    return rows
+
+
+@pytest.mark.parametrize("args", [["ask", "hi"], ["batch", "-p", "{text}", "IN"]])
+def test_a_run_cut_by_a_closed_pipe_is_logged_with_what_it_did(
+        tmp_path: Path, args: list[str]) -> None:
+    fake = FakeServer(_handler(pieces=40_000))  # more than a pipe holds
+    try:
+        inp = tmp_path / "in.txt"
+        inp.write_text("".join(f"line {i}\n" for i in range(5000)))
+        args = [str(inp) if a == "IN" else a for a in args]
+        env = {**_env(tmp_path), "TERMLM_DATA_DIR": str(tmp_path / "data")}
+        proc = subprocess.Popen(_termlm(*_remote(fake), *args), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        assert proc.stdout is not None
+        assert proc.stdout.read(10)  # then `head` goes away
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=TIMEOUT_S)
+        assert proc.returncode == 0, err
+    finally:
+        fake.close()
+    (row,) = _log_rows(tmp_path)
+    if args[0] == "ask":  # the reply as far as it got, its tokens counted
+        assert row["interrupted"] is True and row["reply"].startswith("word0 ")
+        assert row["completion_tokens"] and row["completion_tokens"] > 0
+    else:  # the run's counts as far as it got, and who ran it
+        assert row["status"] == "interrupted" and row["model"]
+        assert row["counts"]["ok"] >= 1

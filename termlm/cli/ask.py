@@ -58,7 +58,7 @@ def ask(
     from termlm.inputs import read_stdin, stdin_is_tty
     from termlm.output import is_tty, no_color
     from termlm.prompts import load_template
-    from termlm.render import stream_markdown, stream_plain
+    from termlm.render import PipeClosed, stream_markdown, stream_plain
 
     piped = "" if stdin_is_tty() else read_stdin()
     if prompt is not None and not prompt.strip():
@@ -95,7 +95,12 @@ def ask(
         elif is_tty(sys.stdout):
             result = stream_markdown(events, no_color=no_color())
         else:
-            result = stream_plain(events)
+            try:
+                result = stream_plain(events)
+            except PipeClosed as closed:  # | head: the reply so far is logged, then a quiet exit
+                if not no_log:
+                    _log(engine, settings, request, tmpl.name, closed.result)
+                raise
             if result.text and not result.text.endswith("\n"):
                 sys.stdout.write("\n")
             sys.stdout.flush()
@@ -133,16 +138,24 @@ def _log(engine: Engine, settings: Settings, request: ChatRequest, template: str
     done = result.completion
     system = next((m.content for m in request.messages if m.role == "system"), None)
     timings = {"load_s": engine.load_s}
+    prompt_tokens: int | None
+    completion_tokens: int | None
     if done is not None:
         timings.update(ttft_s=done.timings.ttft_s, total_s=done.timings.total_s,
                        completion_tokens_per_s=done.timings.completion_tokens_per_s)
+        prompt_tokens, completion_tokens = done.usage.prompt_tokens, done.usage.completion_tokens
+    else:  # cut short: the engine gave no usage, so count the prompt and what came back
+        try:
+            prompt_tokens = engine.count_prompt_tokens(request.messages)
+            completion_tokens = engine.count_tokens(result.text) if result.text else 0
+        except Exception:  # the log never changes how the command ends
+            prompt_tokens = completion_tokens = None
     log_exchange(
         "ask", prompt=request.messages[-1].content, system=system, reply=result.text,
         model=engine.info.name,
         settings=describe_settings(settings, template=template,
                                    sampling=asdict(request.sampling)),
-        prompt_tokens=done.usage.prompt_tokens if done else None,
-        completion_tokens=done.usage.completion_tokens if done else None,
+        prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
         timings=timings, finish_reason=done.finish_reason if done else None,
         interrupted=result.interrupted)
 

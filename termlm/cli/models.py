@@ -258,7 +258,7 @@ def _info_lines(resolved: ResolvedModel, header: GGUFHeader, settings: Settings
         ("name", resolved.name),
         ("model", header.name or "unknown"),
         ("architecture", header.architecture or "unknown"),
-        ("parameters", human_count(header.parameter_count)),
+        ("parameters", human_count(header.parameter_count) + " (the file's tensors)"),
         ("quantization", (header.quantization or "unknown")
          + (f", {bpw:.2f} bits per weight" if bpw else "")),
         ("layers", known(header.block_count)),

@@ -23,30 +23,46 @@ def list_(
 
     Example: termlm prompts list
     """
-    from termlm.prompts import list_templates
+    from termlm.errors import TermlmError
+    from termlm.output import notice
+    from termlm.prompts import load_template, template_files
 
-    rows = [
-        {"name": t.name, "origin": "built-in" if t.builtin else "user",
-         "description": t.description, "variables": t.variables, "path": str(t.path)}
-        for t in list_templates()
-    ]
+    rows: list[dict[str, object]] = []
+    for name, (path, builtin) in sorted(template_files().items()):
+        origin = "built-in" if builtin else "user"
+        try:
+            t = load_template(name)
+        except TermlmError as exc:  # one bad file is flagged, and the rest still listed
+            notice(f"warning: {exc.message}")
+            rows.append({"name": name, "origin": origin, "description": "",
+                         "variables": [], "path": str(path), "problem": exc.message})
+            continue
+        rows.append({"name": t.name, "origin": origin, "description": t.description,
+                     "variables": t.variables, "path": str(t.path), "problem": None})
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return
     from termlm.output import is_tty, out_console
 
+    def description(row: dict[str, object]) -> str:
+        return f"(unusable: see the warning above) {row['path']}" if row["problem"] \
+            else str(row["description"])
+
     if not is_tty(sys.stdout):  # a pipe: plain TSV
         for row in rows:
-            sys.stdout.write(f"{row['name']}\t{row['origin']}\t{row['description']}\n")
+            sys.stdout.write(f"{row['name']}\t{row['origin']}\t{description(row)}\n")
         return
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(box=None, pad_edge=False, header_style="bold")
     for column in ("name", "origin", "variables", "description"):
         table.add_column(column)
-    for t in list_templates():
-        table.add_row(t.name, "built-in" if t.builtin else "user",
-                      ", ".join(t.variables) or "-", t.description)
+    for row in rows:
+        names = row["variables"]
+        table.add_row(str(row["name"]), str(row["origin"]),
+                      ", ".join(names) if isinstance(names, list) and names else "-",
+                      Text(description(row)))
     out_console().print(table)
 
 

@@ -181,7 +181,8 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
     from termlm.output import notice
     from termlm.records.readers import count_records
     from termlm.records.resume import load_done, resume_hint
-    from termlm.runner import RunOptions, prepare, run_records
+    from termlm.records.types import RESULT_FIELDS
+    from termlm.runner import RunOptions, Summary, prepare, run_records
     from termlm.runstats import record
 
     from_stdin = any(s.is_stdin for s in sources)
@@ -196,6 +197,9 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
     done = load_done(args.output, args.output_format.value, warn=notice, keep=out.keep) \
         if args.resume and args.output and not args.dry_run else None
     engine = st.open_engine(st.settings(model=model, parallel=args.parallel), batch=True)
+    summary = Summary()
+    if run is not None:  # a run that ends early (a closed pipe) is logged with its counts
+        run.track(summary, engine.info.name)
     try:
         if args.dry_run:
             if first is None:
@@ -216,13 +220,16 @@ def _drive(st: AppState, args: RecordArgs, model: str | None, task: Any, columns
                              fail_fast=args.fail_fast, limit=args.limit, progress=show,
                              total=total)
         # CSV/TSV columns are fixed by the header: with --keep-fields, add the input's fields
-        kept = [str(k) for k in first.fields if str(k) not in (*columns, "error")] \
+        # under the names result_record gives them (input_NAME for a result field's name)
+        kept = [name for name in (f"input_{k}" if k in RESULT_FIELDS else str(k)
+                                  for k in first.fields if k != "id")
+                if name not in (*columns, "error")] \
             if args.keep_fields and first is not None else []
         if args.output:
             note_resume(resume_hint(["termlm", *sys.argv[1:]], from_stdin))
         with out.writer(columns=[*columns, *kept, "error"], warn=notice) as writer:
             before = engine.tokens_evaluated if isinstance(engine, CountsTokens) else None
-            summary = run_records(engine, task, records, writer, options, done, on_result)
+            run_records(engine, task, records, writer, options, done, on_result, summary)
             if before is not None and isinstance(engine, CountsTokens):
                 summary.tokens_evaluated = engine.tokens_evaluated - before
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -43,6 +43,9 @@ from termlm.engine.types import ChatRequest, Engine
 from termlm.errors import EngineError, ExitCode, InputError, UsageError
 from termlm.records.types import Record, Source
 from termlm.tasks.summarize import FinalWriter, Format, Length, SummarizeTask
+
+if TYPE_CHECKING:
+    from termlm.logs import BatchRun
 
 COMBINED_ID = "combined"
 
@@ -132,7 +135,7 @@ def summarize(
         with BatchRun(paths or ["-"], output) as run:  # one log row, as for a batch run
             _single(st, model, task, talk, sources, combined=combined, output=output,
                     as_json=as_json, resume=resume, encoding_errors=encoding_errors,
-                    parallel=parallel)
+                    parallel=parallel, run=run)
             run.counts = {"ok": 1}
         return
     args = RecordArgs(inputs=paths, glob=glob, input_format=None, text_field="text",
@@ -154,7 +157,7 @@ def _read(sources: list[Source], encoding_errors: EncodingErrors) -> list[Record
 def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
             sources: list[Source], *, combined: bool, output: str | None, as_json: bool,
             resume: bool, encoding_errors: EncodingErrors,
-            parallel: int | None = None) -> None:
+            parallel: int | None = None, run: BatchRun | None = None) -> None:
     """One text (one input, or all of them with --combined): one summary."""
     from termlm.output import notice
     from termlm.records.outfile import open_output
@@ -174,6 +177,8 @@ def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
     text = "\n\n".join(t.strip("\r\n") for t in texts) if combined else texts[0]
     if not as_json and output is None:  # plain text on stdout
         engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
+        if run is not None:
+            run.model = engine.info.name
         try:
             task.summarize(engine, text, label, final=_streamer(engine, talk))
         except BrokenPipeError:
@@ -192,6 +197,8 @@ def _single(st: AppState, model: str | None, task: SummarizeTask, talk: _Talk,
             notice(f"{label} is already summarized in {output}: nothing to do")
             return
         engine = st.open_engine(st.settings(model=model, parallel=parallel), batch=True)
+        if run is not None:
+            run.model = engine.info.name
         out: dict[str, object]
         try:
             result = task.summarize(engine, text, label)

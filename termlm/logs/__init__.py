@@ -208,14 +208,19 @@ class BatchRun:
         self.argv = list(sys.argv if argv is None else argv)
         self.model: str | None = None
         self.counts: dict[str, int] = {}
+        self._tracked: Any = None
         self._start = time.monotonic()
 
     def finish(self, summary: Any, model: str | None = None) -> None:
         """Take the counts from a :class:`termlm.runner.Summary`."""
         self.model = model
-        self.counts = {key: int(getattr(summary, key)) for key in
-                       ("ok", "failed", "skipped", "truncated", "prompt_tokens")
-                       if isinstance(getattr(summary, key, None), int)}
+        self.counts = _counts(summary)
+
+    def track(self, summary: Any, model: str | None) -> None:
+        """The run's :class:`termlm.runner.Summary` while it fills: a run that ends early
+        (a closed pipe, an error mid-run) is logged with the counts it had reached."""
+        self.model = model
+        self._tracked = summary
 
     def __enter__(self) -> BatchRun:
         self._start = time.monotonic()
@@ -226,11 +231,18 @@ class BatchRun:
         if not self.enabled or _is_usage_error(exc):
             return  # a dry run, or a mistake on the command line: nothing ran
         try:
+            counts = self.counts or (_counts(self._tracked) if self._tracked else {})
             log_run(argv=self.argv, inputs=self.inputs, output=self.output,
-                    counts=self.counts, seconds=time.monotonic() - self._start,
+                    counts=counts, seconds=time.monotonic() - self._start,
                     status=run_status(exc), model=self.model)
         except Exception as error:  # the log must never change how the command ends
             _warn(db_path(), error)
+
+
+def _counts(summary: Any) -> dict[str, int]:
+    return {key: int(getattr(summary, key)) for key in
+            ("ok", "failed", "skipped", "truncated", "prompt_tokens")
+            if isinstance(getattr(summary, key, None), int)}
 
 
 def _is_usage_error(exc: BaseException | None) -> bool:
@@ -245,7 +257,7 @@ def run_status(exc: BaseException | None) -> str:
 
     if exc is None:
         return "ok"
-    if isinstance(exc, KeyboardInterrupt):
+    if isinstance(exc, (KeyboardInterrupt, BrokenPipeError)):  # Ctrl-C, or the reader left
         return "interrupted"
     if isinstance(exc, TermlmError):
         return "failed"

@@ -339,7 +339,8 @@ class _Reader:
                     (header is not None and len(row) != len(header))
                     or _unterminated(consumed, delimiter)):
                 bad_lines.clear()
-                yield _error(self.line_id(source, start), source, start,
+                yield _error(self._first_line_id(header, consumed[0][1], delimiter, source,
+                                                 start), source, start,
                              f"unterminated quote starting on line {start} of {source.name}")
                 pending.extend(consumed[1:])
                 rows = csv.reader(feed(), delimiter=delimiter)
@@ -367,6 +368,16 @@ class _Reader:
             else:
                 value, problem = self.text_of(fields, "column", place)
                 yield Record(rec_id, value, fields, source.name, 0, problem, start)
+
+    def _first_line_id(self, header: list[str] | None, line: str, delimiter: str,
+                       source: Source, number: int) -> str:
+        """The id of a row whose quote never closes, from its first line when the id
+        cell is whole there (so it cannot take another row's id); else its line number."""
+        if header:
+            cells = next(csv.reader([line.rstrip("\r\n")], delimiter=delimiter), [])
+            if self.id_field in header and header.index(self.id_field) < len(cells) - 1:
+                return self.field_id(dict(zip(header, cells, strict=False)), source, number)
+        return self.line_id(source, number)
 
     def whole(self, source: Source, fp: IO[bytes]) -> Record:
         data = fp.read()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from termlm.cli.common import AppState
+    from termlm.logs import BatchRun
     from termlm.prompts import Template
     from termlm.records.types import Record, Source
     from termlm.vectors.cluster import Clustering, Matrix
@@ -68,6 +69,7 @@ class Data:
     matrix: Matrix
     texts: list[str | None]  # per row (None: not fetched yet)
     gold: list[Any] = field(default_factory=list)  # per row, with --gold-field
+    model: str | None = None  # the embedding model the vectors come from
 
 
 def run(st: AppState, args: ClusterArgs) -> ExitCode:
@@ -100,7 +102,8 @@ def run(st: AppState, args: ClusterArgs) -> ExitCode:
                         | set(result.outliers[:EXAMPLES]))
         if args.collection is not None:
             _fetch_texts(args.collection, data, needed)
-        labels = _labels(st, args, data, result)
+        logged.model = data.model
+        labels = _labels(st, args, data, result, logged)
         with out.writer(warn=notice) as writer:
             for entry in data.entries:
                 writer.write(_line(entry, result, labels))
@@ -137,13 +140,17 @@ def _line(entry: Entry, result: Clustering, labels: Sequence[str]) -> dict[str, 
             "distance": None if distance is None else round(distance, 4)}
 
 
-def _labels(st: AppState, args: ClusterArgs, data: Data, result: Clustering) -> list[str]:
+def _labels(st: AppState, args: ClusterArgs, data: Data, result: Clustering,
+            logged: BatchRun | None = None) -> list[str]:
     from termlm.vectors.cluster_labels import fallback, label_clusters
 
     if not args.write_labels or result.k == 0:
         return [fallback(c) for c in range(result.k)]
     groups = [[data.texts[i] or "" for i in members[:MEMBERS]] for members in result.members]
     engine = st.open_engine(st.settings(model=args.model), batch=True)
+    if logged is not None:  # the log row names both: the vectors', and the labels' model
+        logged.model = f"{data.model} (labels: {engine.info.name})" if data.model \
+            else engine.info.name
     try:
         started = time.perf_counter()
         labels = label_clusters(engine, groups, template=args.label_template,
@@ -187,10 +194,10 @@ def _from_collection(name: str) -> Data:
     from termlm.vectors.store import Store
 
     with Store.open(create=False) as store:
-        store.require(name)
+        info = store.require(name)
         ids, matrix = store.matrix(name)
     entries = [Entry(item_id, row) for row, item_id in enumerate(ids)]
-    return Data(entries, matrix, [None] * len(ids))
+    return Data(entries, matrix, [None] * len(ids), model=info.model)
 
 
 def _fetch_texts(name: str, data: Data, rows: Sequence[int]) -> None:
@@ -265,4 +272,4 @@ def _embed(st: AppState, args: ClusterArgs, sources: list[Source]) -> Data:
         raise UsageError("no records in the input: nothing to cluster")
     matrix = np.stack(sink.vectors).astype(np.float32) if sink.vectors \
         else np.zeros((0, dims), dtype=np.float32)
-    return Data(sink.entries, matrix, sink.texts, sink.gold)
+    return Data(sink.entries, matrix, sink.texts, sink.gold, model=name)

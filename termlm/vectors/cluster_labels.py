@@ -42,6 +42,7 @@ _PREAMBLE = re.compile(  # "The topic these texts share is ...", "These texts ar
 _DANGLING = frozenset(["a", "an", "and", "the", "of", "for", "to", "in", "on", "with", "about",
                        "or", "by"])
 _FENCE = re.compile(r"(?:`{3,}|~{3,})[\w+-]*")  # a Markdown code fence line: ```text
+_QUOTES = re.compile("[\"\u201c\u201d\u00ab\u00bb]")  # double quotes (apostrophes stay)
 _FALLBACK = re.compile(r"cluster\s*\d+", re.I)
 _LIST_MARK = re.compile(r"^(?:[-*\u2022]\s+|\d+[.)]\s+)")
 _MARKUP = re.compile(r"[*_`#]+")
@@ -119,7 +120,7 @@ def clean_label(reply: str) -> str | None:
         words.pop()
     if len(words) > 1 and words[0].casefold() in ("a", "an"):
         words.pop(0)
-    label = " ".join(words).strip(_EDGES)
+    label = _QUOTES.sub("", " ".join(words)).strip(_EDGES)  # "the topic of "I": no stray "
     if len(label) > MAX_CHARS:
         label = label[:MAX_CHARS].rsplit(" ", 1)[0] if " " in label[:MAX_CHARS] \
             else label[:MAX_CHARS]
