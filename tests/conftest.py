@@ -80,3 +80,16 @@ def model_env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("NO_COLOR", None)
     return env
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """llama-cpp-python opens two /dev/null files when llama_cpp._utils is imported and
+    never closes them: close them here, so the run does not end in ResourceWarnings
+    (users never see those: Python's default filters hide them)."""
+    import sys
+
+    utils = sys.modules.get("llama_cpp._utils")
+    for name in ("outnull_file", "errnull_file"):
+        handle = getattr(utils, name, None)
+        if handle is not None and not handle.closed:
+            handle.close()
