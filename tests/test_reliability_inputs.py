@@ -332,3 +332,14 @@ def test_a_side_file_that_is_a_device_is_one_line(cli: Cli, fifo_dir: Path,
         result = cli(*device)
     assert result.exit_code in (1, 2)
     assert "/dev/zero is a character device" in result.stderr
+
+
+def test_a_csv_header_with_a_column_twice_is_one_error_for_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "x.csv"
+    path.write_text("id,text,text\n1,a,b\n2,c,d\n")
+    other = tmp_path / "y.csv"
+    other.write_text("id,text\n3,e\n")
+    records = list(read_records(expand_inputs([str(path), str(other)])))
+    assert [(r.id, r.error) for r in records] == [
+        (str(path), f"the header of {path} names the column 'text' twice: no row can be read"),
+        ("3", None)]

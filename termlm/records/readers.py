@@ -354,6 +354,13 @@ class _Reader:
                 header = row
                 if bad and not self.replace:  # unreadable header: every row is unusable
                     header = []
+                twice = next((name for i, name in enumerate(header) if name in header[:i]),
+                             None)
+                if twice is not None:  # which of the two is the text? the file is refused
+                    yield _error(source.name, source, start,
+                                 f"the header of {source.name} names the column {twice!r} "
+                                 "twice: no row can be read")
+                    return
                 continue
             fields: dict[str, Any] = dict(zip(header, row, strict=False))
             rec_id = self.field_id(fields, source, start)
